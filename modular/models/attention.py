@@ -1,0 +1,71 @@
+"""Causal multi-head self-attention with a gate on every head's output.
+
+Every head's output o_h [B, L, dh] is multiplied by a gate xi_h (1 by default) before
+the output projection, so head importance (Michel et al. 2019) is dL/dxi_h and
+ablation is xi_h = 0 (or a mean replacement). With capture on, the per-head
+outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded.
+
+References:
+  Vaswani et al. 2017, "Attention Is All You Need".
+  Michel et al. 2019, "Are Sixteen Heads Really Better than One?" (head gates).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modular.models.context import Context
+from modular.models.slots import param
+
+
+class CausalSelfAttention(nnx.Module):
+  """Multi-head causal self-attention with per-head gates.
+
+  Args:
+    d_model: width of the residual stream.
+    num_heads: H; d_model must be divisible by H.
+    rngs: key source.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, rngs: nnx.Rngs):
+    if d_model % num_heads:
+      raise ValueError(f"model.d_model={d_model} is not divisible by model.num_heads={num_heads}")
+    self.num_heads = num_heads
+    self.head_dim = d_model // num_heads
+    qkv_axes = ("embed", "heads", "head_dim")
+    shape = (d_model, num_heads, self.head_dim)
+    self.wq = param(rngs, shape, qkv_axes)
+    self.wk = param(rngs, shape, qkv_axes)
+    self.wv = param(rngs, shape, qkv_axes)
+    self.wo = param(rngs, (num_heads, self.head_dim, d_model), ("heads", "head_dim", "embed"),
+                    scale=d_model ** -0.5)
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
+    q = jnp.einsum("bld,dhk->blhk", x, self.wq[...])
+    k = jnp.einsum("bld,dhk->blhk", x, self.wk[...])
+    v = jnp.einsum("bld,dhk->blhk", x, self.wv[...])
+    seq = x.shape[1]
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * self.head_dim ** -0.5  # [B, H, L, L]
+    causal = jnp.tril(jnp.ones((seq, seq), bool))
+    logits = jnp.where(causal, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    heads = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, dh]
+    heads = self._gate(heads, ctx)
+    ctx.capture_activation("attn_probs", probs)
+    ctx.capture_activation("attn_heads", heads)
+    return jnp.einsum("blhk,hkd->bld", heads, self.wo[...])
+
+  def _gate(self, heads: jax.Array, ctx: Context) -> jax.Array:
+    """o_h <- xi_h o_h + (1 - xi_h) m_h, with m_h the mean-ablation value (or 0)."""
+    gate = ctx.gate_for_layer(ctx.layer)  # [H] or [B, H] or None
+    if gate is None:
+      return heads
+    gate = gate.astype(heads.dtype)
+    gate = gate[..., None, :, None]  # [H] -> [1, H, 1]; [B, H] -> [B, 1, H, 1]
+    out = gate * heads
+    if ctx.head_means is not None:
+      mean = ctx.head_means[ctx.layer].astype(heads.dtype)  # [H, dh] or [L, H, dh]
+      out = out + (1.0 - gate) * mean
+    return out

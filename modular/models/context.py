@@ -1,0 +1,102 @@
+"""Side inputs that travel with the residual stream through every slot.
+
+A slot module (an FFN, an adapter, a head, a whole block) is called as
+``module(x, ctx)``: one input plus a context carrying the task ids, the PRNG key,
+the head gates and the collectors for auxiliary losses, routing statistics and
+captured intermediates (penzai's side-input pattern). The loop never knows which
+module it runs: it only reads ``ctx.losses`` (summed into the objective) and
+``ctx.stats`` (logged).
+
+Shapes: B batch, L sequence, H heads, NL layers, T tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass
+class Context:
+  """Per-forward side inputs and collectors.
+
+  Attributes:
+    task_id: [B] int32 task index of every example.
+    num_tasks: T, the number of tasks the model was built for.
+    deterministic: True at evaluation: no dropout, no Gumbel noise.
+    rng: a PRNG key for stochastic modules (None when deterministic).
+    capture: record intermediates (per-head attention outputs, FFN activations).
+    head_gates: [NL, H] or [B, NL, H] multipliers of each head's output (None: 1).
+    head_means: [NL, H, dh] replacement for gated-off heads (mean ablation);
+      None means zero ablation.
+    layer: index of the block being run (-1 outside blocks).
+    position: slot name inside the block ("attn", "ffn", "adapter_attn", ...).
+    losses: name -> scalar auxiliary loss, already weighted; summed by the loop.
+    stats: name -> array of routing/telemetry statistics for logging.
+    intermediates: name -> captured activation (only when ``capture``).
+  """
+
+  task_id: jax.Array
+  num_tasks: int
+  deterministic: bool = True
+  rng: jax.Array | None = None
+  capture: bool = False
+  head_gates: jax.Array | None = None
+  head_means: jax.Array | None = None
+  layer: int = -1
+  position: str = ""
+  losses: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+  stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+  intermediates: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+
+  def at(self, *, layer: int | None = None, position: str | None = None) -> "Context":
+    """A view of this context at another layer/slot, sharing the collectors."""
+    return dataclasses.replace(
+        self,
+        layer=self.layer if layer is None else layer,
+        position=self.position if position is None else position)
+
+  @property
+  def prefix(self) -> str:
+    parts = []
+    if self.layer >= 0:
+      parts.append(f"block{self.layer}")
+    if self.position:
+      parts.append(self.position)
+    return "/".join(parts) + "/" if parts else ""
+
+  def key(self, name: str) -> jax.Array:
+    """A PRNG key unique to (layer, position, name); requires ``rng``."""
+    if self.rng is None:
+      raise ValueError(
+          f"{self.prefix}{name} needs randomness but the context has no rng; "
+          "pass rng=... or deterministic=True")
+    salt = zlib.crc32(f"{self.prefix}{name}".encode()) & 0x7FFFFFFF
+    return jax.random.fold_in(self.rng, salt)
+
+  def add_loss(self, name: str, value: jax.Array) -> None:
+    """Adds a (weighted) auxiliary loss to the objective."""
+    self.losses[self.prefix + name] = jnp.asarray(value, jnp.float32)
+
+  def record(self, name: str, value: Any) -> None:
+    """Records a statistic (routing usage, entropy, load) for logging."""
+    self.stats[self.prefix + name] = value
+
+  def capture_activation(self, name: str, value: jax.Array) -> None:
+    """Stores an intermediate when capturing is switched on."""
+    if self.capture:
+      self.intermediates[self.prefix + name] = value
+
+  def gate_for_layer(self, layer: int) -> jax.Array | None:
+    """Head gates of one layer: [H] or [B, H], or None."""
+    if self.head_gates is None:
+      return None
+    return self.head_gates[..., layer, :]
+
+  def task_one_hot(self, dtype=jnp.float32) -> jax.Array:
+    """[B, T] one-hot of the task ids."""
+    return jax.nn.one_hot(self.task_id, self.num_tasks, dtype=dtype)

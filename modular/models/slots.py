@@ -1,0 +1,195 @@
+"""Slots of the transformer and their default fillers.
+
+The model has five kinds of slot, each filled from the config by name:
+
+  block         a whole transformer block (default "standard")
+  ffn           the feed-forward sublayer inside a block (default "dense")
+  adapter_attn  applied to the residual stream after attention (default "none")
+  adapter_ffn   applied to the residual stream after the FFN (default "none")
+  head          the output head, hidden -> logits (default "shared"; "per_task")
+
+A filler is registered in the slot's registry and built as
+``builder(args: SlotArgs, cfg: ConfigDict, rngs: nnx.Rngs) -> nnx.Module``; the module
+is called as ``module(x, ctx)`` (see ``context.Context``). New fillers live in
+``modular/modules/``, one file each, registered with e.g. ``@FFN.register("moe")``.
+
+Parameters carry logical axis names in their ``logical_axes`` metadata
+(vocab, embed, mlp, heads, head_dim, tasks, expert, ...): the sharding rules table in the
+config maps them to mesh axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from modular.models.context import Context
+from modular.registry import Registry
+
+# Fillers outside this file register themselves when ``modular.modules`` is imported.
+_MODULES = ("modular.modules",)
+BLOCK: Registry = Registry("block", _MODULES)
+FFN: Registry = Registry("ffn", _MODULES)
+ADAPTER: Registry = Registry("adapter", _MODULES)
+HEAD: Registry = Registry("head", _MODULES)
+SLOT_REGISTRIES = {"block": BLOCK, "ffn": FFN, "adapter_attn": ADAPTER,
+                   "adapter_ffn": ADAPTER, "head": HEAD}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotArgs:
+  """What a slot builder knows of the model around it.
+
+  Attributes:
+    d_model, d_ff, num_heads, num_layers, num_tasks, vocab_size, seq_len: sizes.
+    activation: FFN nonlinearity name ("relu", "gelu", "silu").
+    layer: the block index the slot sits in (-1 for the head).
+    position: the slot's name ("ffn", "adapter_attn", ...).
+    shared: a model-level ``nnx.Dict`` where builders keep modules shared by all
+      layers (e.g. HyperFormer's hypernetwork): create once, reuse by key.
+    model_cfg: the whole model config (for fillers that build nested blocks).
+  """
+
+  d_model: int
+  d_ff: int
+  num_heads: int
+  num_layers: int
+  num_tasks: int
+  vocab_size: int
+  seq_len: int
+  activation: str
+  layer: int
+  position: str
+  shared: Any
+  model_cfg: Any = None
+
+
+def activation_fn(name: str):
+  """Returns the FFN nonlinearity called ``name``."""
+  table = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+  if name not in table:
+    raise ValueError(f"model.activation: unknown {name!r}; known: {sorted(table)}")
+  return table[name]
+
+
+def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
+          scale: float | None = None, init: str = "normal") -> nnx.Param:
+  """A parameter with logical axis names.
+
+  Args:
+    rngs: key source.
+    shape: the parameter's shape.
+    axes: one logical axis name per dimension.
+    scale: std of the normal init (default 1/sqrt(fan_in) over the first dim).
+    init: "normal", "zeros" or "ones".
+
+  Returns:
+    An ``nnx.Param`` whose metadata holds ``logical_axes``.
+  """
+  assert len(shape) == len(axes), (shape, axes)
+  if init == "zeros":
+    value = jnp.zeros(shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    std = scale if scale is not None else shape[0] ** -0.5
+    value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value, logical_axes=tuple(axes))
+
+
+class DenseFFN(nnx.Module):
+  """The default FFN: act(x W_in + b) W_out + b.
+
+  Captures its hidden activations [B, L, d_ff] as ``ffn_act`` when the context
+  captures (neuron specialization reads them).
+  """
+
+  def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    self.act = activation_fn(args.activation)
+    self.w_in = param(rngs, (args.d_model, args.d_ff), ("embed", "mlp"))
+    self.b_in = param(rngs, (args.d_ff,), ("mlp",), init="zeros")
+    self.w_out = param(rngs, (args.d_ff, args.d_model), ("mlp", "embed"))
+    self.b_out = param(rngs, (args.d_model,), ("embed",), init="zeros")
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
+    h = self.act(x @ self.w_in[...] + self.b_in[...])  # [B, L, d_ff]
+    ctx.capture_activation("ffn_act", h)
+    return h @ self.w_out[...] + self.b_out[...]
+
+
+@FFN.register("dense")
+def _dense(args, cfg, rngs):
+  return DenseFFN(args, cfg, rngs)
+
+
+class Identity(nnx.Module):
+  """An empty adapter slot: returns the stream unchanged."""
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
+    return x
+
+
+@ADAPTER.register("none")
+def _none(args, cfg, rngs):
+  return Identity()
+
+
+class SharedHead(nnx.Module):
+  """One linear map hidden -> vocabulary logits for all tasks."""
+
+  def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    self.kernel = param(rngs, (args.d_model, args.vocab_size), ("embed", "vocab"))
+    self.bias = param(rngs, (args.vocab_size,), ("vocab",), init="zeros")
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, V]
+    return x @ self.kernel[...] + self.bias[...]
+
+
+class PerTaskHead(nnx.Module):
+  """One linear head per task, chosen by the example's task id.
+
+  The parameters have a leading ``tasks`` axis, so a task's gradient only reaches its
+  own slice (a task-specific parameter for gradient surgery).
+  """
+
+  def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    self.per_task_kernel = param(
+        rngs, (args.num_tasks, args.d_model, args.vocab_size), ("tasks", "embed", "vocab"),
+        scale=args.d_model ** -0.5)
+    self.per_task_bias = param(rngs, (args.num_tasks, args.vocab_size), ("tasks", "vocab"),
+                               init="zeros")
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
+    kernel = self.per_task_kernel[...][ctx.task_id]  # [B, d, V]
+    bias = self.per_task_bias[...][ctx.task_id]  # [B, V]
+    return jnp.einsum("bld,bdv->blv", x, kernel) + bias[:, None, :]
+
+
+@HEAD.register("shared")
+def _shared_head(args, cfg, rngs):
+  return SharedHead(args, cfg, rngs)
+
+
+@HEAD.register("per_task")
+def _per_task_head(args, cfg, rngs):
+  return PerTaskHead(args, cfg, rngs)
+
+
+def build_slot(kind: str, args: SlotArgs, cfg: ml_collections.ConfigDict,
+               rngs: nnx.Rngs) -> nnx.Module:
+  """Builds the filler named ``cfg.name`` for slot ``kind``.
+
+  Raises:
+    ValueError: naming the config key when the filler is unknown.
+  """
+  registry = SLOT_REGISTRIES[kind]
+  try:
+    builder = registry.get(cfg.name)
+  except KeyError as e:
+    raise ValueError(f"model.{kind}.name: {e.args[0]}") from None
+  return builder(args, cfg, rngs)

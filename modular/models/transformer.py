@@ -1,0 +1,127 @@
+"""A decoder-only multi-task transformer with pluggable slots.
+
+Input: ``[task_token, prompt..., SEP, answer...]`` over one shared vocabulary; the task
+id also travels as a side input to every slot. Each block is
+
+  x = adapter_attn(x + attn(LN(x)))
+  x = adapter_ffn(x + ffn(LN(x)))
+
+and the output head maps LN(x) to logits. ``block``, ``ffn``, ``adapter_attn``,
+``adapter_ffn`` and ``head`` are chosen by name in the config (``slots.py``).
+
+Why decoder-only: every built-in task is a sequence-to-sequence map over one
+vocabulary, so one next-token objective covers them all, per-task heads remain an
+option (``head.name = "per_task"``), and the task token gives the routers a task
+signal inside the sequence as well as through ``ctx.task_id``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from modular.models.attention import CausalSelfAttention
+from modular.models.context import Context
+from modular.models.slots import BLOCK, SlotArgs, build_slot, param
+
+
+class LayerNorm(nnx.Module):
+  """Layer norm over the last axis with a learned scale and bias."""
+
+  def __init__(self, d: int, rngs: nnx.Rngs | None = None, eps: float = 1e-5):
+    self.scale = param(rngs, (d,), ("embed",), init="ones")
+    self.bias = param(rngs, (d,), ("embed",), init="zeros")
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+def slot_args(cfg: ml_collections.ConfigDict, layer: int, position: str, shared) -> SlotArgs:
+  """The sizes a slot builder sees, from the model config."""
+  return SlotArgs(
+      d_model=cfg.d_model, d_ff=cfg.d_ff, num_heads=cfg.num_heads,
+      num_layers=cfg.num_layers, num_tasks=cfg.num_tasks, vocab_size=cfg.vocab_size,
+      seq_len=cfg.seq_len, activation=cfg.activation, layer=layer, position=position,
+      shared=shared, model_cfg=cfg)
+
+
+class StandardBlock(nnx.Module):
+  """Pre-LN block: attention, FFN slot and the two adapter slots."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, layer: int, shared, rngs: nnx.Rngs):
+    self.ln_attn = LayerNorm(cfg.d_model, rngs)
+    self.attn = CausalSelfAttention(cfg.d_model, cfg.num_heads, rngs)
+    self.adapter_attn = build_slot(
+        "adapter_attn", slot_args(cfg, layer, "adapter_attn", shared), cfg.adapter_attn, rngs)
+    self.ln_ffn = LayerNorm(cfg.d_model, rngs)
+    self.ffn = build_slot("ffn", slot_args(cfg, layer, "ffn", shared), cfg.ffn, rngs)
+    self.adapter_ffn = build_slot(
+        "adapter_ffn", slot_args(cfg, layer, "adapter_ffn", shared), cfg.adapter_ffn, rngs)
+    self.dropout = float(cfg.dropout)
+
+  def _drop(self, x: jax.Array, ctx: Context, name: str) -> jax.Array:
+    if self.dropout == 0.0 or ctx.deterministic:
+      return x
+    keep = jax.random.bernoulli(ctx.key(name), 1.0 - self.dropout, x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d]
+    x = x + self._drop(self.attn(self.ln_attn(x), ctx.at(position="attn")), ctx, "drop_attn")
+    x = self.adapter_attn(x, ctx.at(position="adapter_attn"))
+    x = x + self._drop(self.ffn(self.ln_ffn(x), ctx.at(position="ffn")), ctx, "drop_ffn")
+    x = self.adapter_ffn(x, ctx.at(position="adapter_ffn"))
+    ctx.capture_activation("residual", x)
+    return x
+
+
+@BLOCK.register("standard")
+def _standard(args: SlotArgs, cfg, rngs):
+  return StandardBlock(args.model_cfg, args.layer, args.shared, rngs)
+
+
+class Transformer(nnx.Module):
+  """The multi-task decoder.
+
+  Args:
+    cfg: the model config (``config.model``) with vocab_size, seq_len and num_tasks
+      filled in from the data.
+    rngs: key source for the initialization.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    self.num_tasks = cfg.num_tasks
+    self.num_layers = cfg.num_layers
+    self.num_heads = cfg.num_heads
+    self.head_dim = cfg.d_model // cfg.num_heads
+    self.shared = nnx.Dict()
+    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
+    self.pos_embed = param(rngs, (cfg.seq_len, cfg.d_model), (None, "embed"), scale=0.1)
+    self.blocks = nnx.List([
+        build_slot("block", slot_args(cfg, i, "block", self.shared), cfg.block, rngs)
+        for i in range(cfg.num_layers)])
+    self.ln_final = LayerNorm(cfg.d_model, rngs)
+    self.head = build_slot("head", slot_args(cfg, -1, "head", self.shared), cfg.head, rngs)
+
+  def __call__(self, tokens: jax.Array, ctx: Context) -> jax.Array:
+    """Runs the model.
+
+    Args:
+      tokens: [B, L] int32 token ids (L <= cfg.seq_len).
+      ctx: side inputs (task ids [B], rng, head gates, capture) and collectors.
+
+    Returns:
+      logits [B, L, V]. Auxiliary losses, statistics and intermediates are left in
+      ``ctx.losses``, ``ctx.stats`` and ``ctx.intermediates``.
+    """
+    seq = tokens.shape[1]
+    x = self.embed[...][tokens] + self.pos_embed[...][:seq]  # [B, L, d]
+    for i, block in enumerate(self.blocks):
+      x = block(x, ctx.at(layer=i, position=""))
+    x = self.ln_final(x)
+    ctx.capture_activation("final", x)
+    return self.head(x, ctx.at(layer=-1, position="head"))

@@ -1,0 +1,139 @@
+"""The model as a pure function of its parameters, and the per-task objective.
+
+Training, gradient surgery and the analysis all see the model the same way:
+``apply(params, batch, ...) -> (logits, ctx)`` over a pure parameter pytree (a nested
+dict of arrays, what optax and orbax hold), and ``per_task_metrics`` turns logits
+into the vector of per-task losses [T] that gradient surgery differentiates.
+
+Batch contract (see ``modular.data``):
+  inputs [B, L] int32, targets [B, L] int32, mask [B, L] float32 (1 on answer
+  tokens), task_id [B] int32 in [0, T).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modular.models import Context, Transformer
+
+Params = Any  # a nested dict of arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalModel:
+  """A built model split into its static graph and a pure parameter dict.
+
+  Attributes:
+    graphdef: the NNX graph definition (static under jit).
+    num_tasks: T.
+    num_layers, num_heads, head_dim: attention sizes (for head gates).
+  """
+
+  graphdef: Any
+  num_tasks: int
+  num_layers: int
+  num_heads: int
+  head_dim: int
+
+  @staticmethod
+  def split(model: Transformer) -> tuple["FunctionalModel", Params, Any]:
+    """Splits a model into (FunctionalModel, params pure dict, logical-axes tree)."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(state)
+    axes = jax.tree.map(
+        lambda v: v.get_metadata().get("logical_axes"), state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable))
+    axes = nnx.to_pure_dict(axes) if isinstance(axes, nnx.State) else axes
+    fm = FunctionalModel(graphdef, model.num_tasks, model.num_layers, model.num_heads,
+                         model.head_dim)
+    return fm, params, axes
+
+  def apply(self, params: Params, batch: dict, *, rng: jax.Array | None = None,
+            deterministic: bool = True, capture: bool = False,
+            head_gates: jax.Array | None = None,
+            head_means: jax.Array | None = None) -> tuple[jax.Array, Context]:
+    """Runs the model on a batch.
+
+    Args:
+      params: the parameter pytree.
+      batch: dict with ``inputs`` [B, L] and ``task_id`` [B].
+      rng: PRNG key for dropout / stochastic routing (training).
+      deterministic: no noise (evaluation).
+      capture: record intermediates into ``ctx.intermediates``.
+      head_gates: [NL, H] or [B, NL, H] head gates (default all ones).
+      head_means: [NL, H, dh] mean-ablation values for gated-off heads.
+
+    Returns:
+      (logits [B, L, V], ctx) with ctx.losses / ctx.stats / ctx.intermediates filled.
+    """
+    model = nnx.merge(self.graphdef, params)
+    ctx = Context(task_id=batch["task_id"], num_tasks=self.num_tasks,
+                  deterministic=deterministic, rng=rng, capture=capture,
+                  head_gates=head_gates, head_means=head_means)
+    return model(batch["inputs"], ctx), ctx
+
+
+def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Cross-entropy per token: [B, L, V], [B, L] -> [B, L] (float32)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def per_task_metrics(logits: jax.Array, batch: dict, num_tasks: int) -> dict[str, jax.Array]:
+  """Per-task masked loss and accuracy.
+
+  Each task's loss is the mean cross-entropy over its answer tokens in the batch; a
+  task absent from the batch gets loss 0 and ``present`` 0.
+
+  Args:
+    logits: [B, L, V].
+    batch: with ``targets`` [B, L], ``mask`` [B, L], ``task_id`` [B].
+    num_tasks: T.
+
+  Returns:
+    dict of [T] arrays: ``loss``, ``accuracy`` (token accuracy on answer tokens),
+    ``seq_accuracy`` (all answer tokens right), ``tokens`` (answer-token count),
+    ``examples``, ``present`` (1.0 where the task has answer tokens).
+  """
+  mask = batch["mask"].astype(jnp.float32)  # [B, L]
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
+  tok_loss = token_losses(logits, batch["targets"]) * mask  # [B, L]
+  correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32) * mask
+  tokens = onehot.T @ mask.sum(-1)  # [T]
+  denom = jnp.maximum(tokens, 1.0)
+  has_answer = (mask.sum(-1) > 0).astype(jnp.float32)  # [B]
+  seq_right = (correct.sum(-1) == mask.sum(-1)).astype(jnp.float32) * has_answer  # [B]
+  examples = onehot.T @ has_answer
+  return {
+      "loss": (onehot.T @ tok_loss.sum(-1)) / denom,
+      "accuracy": (onehot.T @ correct.sum(-1)) / denom,
+      "seq_accuracy": (onehot.T @ seq_right) / jnp.maximum(examples, 1.0),
+      "tokens": tokens,
+      "examples": examples,
+      "present": (tokens > 0).astype(jnp.float32),
+  }
+
+
+def task_loss_vector(fm: FunctionalModel, params: Params, batch: dict, *,
+                     rng: jax.Array | None = None, deterministic: bool = True
+                     ) -> tuple[jax.Array, dict]:
+  """The per-task objective [T]: each task's loss plus the auxiliary losses.
+
+  Auxiliary losses (load balance, z-loss, priors; already weighted by their modules)
+  are added to every task's entry, so the mean over present tasks equals
+  mean_t L_t + sum(aux) and per-task gradients include the auxiliary terms.
+
+  Returns:
+    (loss_vector [T], aux) with aux = {"metrics": per_task_metrics, "aux_losses":
+    dict, "stats": dict}.
+  """
+  logits, ctx = fm.apply(params, batch, rng=rng, deterministic=deterministic)
+  metrics = per_task_metrics(logits, batch, fm.num_tasks)
+  aux_total = sum(ctx.losses.values()) if ctx.losses else jnp.float32(0.0)
+  loss_vec = metrics["loss"] + aux_total * metrics["present"]
+  return loss_vec, {"metrics": metrics, "aux_losses": dict(ctx.losses), "stats": dict(ctx.stats)}
