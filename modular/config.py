@@ -1,0 +1,212 @@
+"""The experiment config: schema, defaults and validation before anything compiles.
+
+A config file in ``configs/`` defines ``get_config(arg=None)`` returning the
+ConfigDict built here with its own changes; the command line overrides single
+values (``--config.train.steps=500``). ``validate`` runs before any model is built
+or compiled, and every error names the key at fault.
+
+Sections:
+  data    tasks, mixture and sequence sizes (``modular.data.default_data_config``)
+  model   sizes and slot fillers (``modular.models.default_model_config``)
+  mtl     per-task gradient method (``modular.mtl.default_mtl_config``)
+  optim   optax optimizer, schedule, frozen paths and per-path learning-rate factors
+  train   steps, batch, seed, logging, evaluation and checkpoint cadence
+  mesh    device mesh shape and the logical-axis -> mesh-axis rules table
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from modular import data as data_lib
+from modular import models as models_lib
+from modular import mtl as mtl_lib
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
+SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+  """A data x fsdp x model x expert mesh; -1 takes the remaining devices.
+
+  ``rules`` maps each logical axis name (on parameters and on the batch) to a mesh
+  axis, a tuple of mesh axes, or None (replicated). Parameters whose dimension is not
+  divisible by its mesh axes are replicated on that dimension.
+  """
+  c = ml_collections.ConfigDict()
+  c.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1, "expert": 1})
+  c.rules = [
+      ("batch", ("data", "fsdp", "expert")),
+      ("vocab", "model"),
+      ("embed", "fsdp"),
+      ("mlp", "model"),
+      ("heads", "model"),
+      ("head_dim", None),
+      ("tasks", None),
+      ("expert", "expert"),
+      ("skills", None),
+      ("rank", None),
+  ]
+  return c
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = "adamw"
+  c.learning_rate = 1e-3
+  c.schedule = "warmup_cosine"
+  c.warmup_steps = 50
+  c.end_lr_factor = 0.1
+  c.weight_decay = 0.01
+  c.b1 = 0.9
+  c.b2 = 0.98
+  c.grad_clip = 1.0  # global norm; 0 disables
+  # Regexes over parameter paths ("blocks/0/ffn/w_in"): frozen parameters get no update
+  # (parameter-efficient mode: freeze the backbone, train the modules).
+  c.frozen = []
+  # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
+  c.lr_multipliers = []
+  return c
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.steps = 1000
+  c.batch_size = 64
+  c.seed = 0
+  c.log_every = 50
+  c.eval_every = 250
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 3
+  c.async_checkpoint = True
+  c.progress = True
+  # Block on every step's result. Needed on simulated CPU devices (jax-ml/jax#25861:
+  # back-to-back sharded steps can deadlock in CPU collectives); "auto" = on for CPU.
+  c.block_every_step = "auto"
+  return c
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The full default config: every section with its defaults."""
+  c = ml_collections.ConfigDict()
+  c.name = "default"
+  c.data = data_lib.default_data_config()
+  c.model = models_lib.default_model_config()
+  c.mtl = mtl_lib.default_mtl_config()
+  c.optim = default_optim_config()
+  c.train = default_train_config()
+  c.mesh = default_mesh_config()
+  return c
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+  if not cond:
+    raise ValueError(f"config.{key}: {msg}")
+
+
+def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills model sizes that come from the data (vocab, sequence length, task count)."""
+  with cfg.unlocked():
+    cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
+    cfg.model.seq_len = cfg.data.seq_len
+    cfg.model.num_tasks = len(data_lib.task_names(cfg.data))
+  return cfg
+
+
+def mesh_shape(cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+  """Resolves -1 in the mesh shape and checks that it covers the devices."""
+  shape = dict(cfg.mesh.shape.items())
+  for k, v in shape.items():
+    _require(isinstance(v, int) and (v == -1 or v >= 1), f"mesh.shape.{k}",
+             f"must be a positive int or -1, got {v!r}")
+  free = [k for k, v in shape.items() if v == -1]
+  _require(len(free) <= 1, "mesh.shape", f"at most one axis may be -1, got {free}")
+  fixed = math.prod(v for v in shape.values() if v != -1)
+  if free:
+    _require(num_devices % fixed == 0, f"mesh.shape.{free[0]}",
+             f"the fixed axes ({fixed} devices) do not divide the {num_devices} devices")
+    shape[free[0]] = num_devices // fixed
+  _require(math.prod(shape.values()) == num_devices, "mesh.shape",
+           f"{shape} covers {math.prod(shape.values())} devices, but {num_devices} are present")
+  return shape
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Checks the config before anything is built; raises ValueError naming the key.
+
+  Args:
+    cfg: the full config.
+    num_devices: the number of devices the mesh must cover (None: skip mesh checks).
+  """
+  base = get_base_config()
+  for section in ("data", "model", "mtl", "optim", "train", "mesh"):
+    _require(section in cfg, section, "missing section")
+  _check_types(cfg.optim, base.optim, "optim")
+  _check_types(cfg.train, base.train, "train")
+  data_lib.validate_data_config(cfg.data)
+  mtl_lib.validate_mtl_config(cfg.mtl)
+  m = cfg.model
+  for key in ("d_model", "num_heads", "num_layers", "d_ff"):
+    _require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",
+             f"must be a positive int, got {m[key]!r}")
+  _require(m.d_model % m.num_heads == 0, "model.num_heads",
+           f"d_model={m.d_model} is not divisible by num_heads={m.num_heads}")
+  _require(m.activation in ("relu", "gelu", "silu"), "model.activation",
+           f"unknown {m.activation!r}; known: relu, gelu, silu")
+  _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+  for slot, registry in models_lib.slots.SLOT_REGISTRIES.items():
+    _require("name" in m[slot], f"model.{slot}.name", "missing")
+    _require(m[slot].name in registry, f"model.{slot}.name",
+             f"unknown {m[slot].name!r}; known: {', '.join(registry.names())}")
+  o = cfg.optim
+  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
+  _require(o.schedule in SCHEDULES, "optim.schedule",
+           f"unknown {o.schedule!r}; known: {SCHEDULES}")
+  _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
+  for i, pair in enumerate(o.lr_multipliers):
+    _require(len(pair) == 2 and isinstance(pair[0], str), f"optim.lr_multipliers[{i}]",
+             f"must be a [regex, factor] pair, got {pair!r}")
+  t = cfg.train
+  for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
+              "keep_checkpoints"):
+    _require(isinstance(t[key], int) and t[key] > 0, f"train.{key}",
+             f"must be a positive int, got {t[key]!r}")
+  _require(t.block_every_step in ("auto", True, False), "train.block_every_step",
+           f"must be 'auto', True or False, got {t.block_every_step!r}")
+  known_axes = {"data", "fsdp", "model", "expert"}
+  for k in cfg.mesh.shape:
+    _require(k in known_axes, f"mesh.shape.{k}", f"unknown mesh axis; known: {sorted(known_axes)}")
+  for i, rule in enumerate(cfg.mesh.rules):
+    _require(len(rule) == 2 and isinstance(rule[0], str), f"mesh.rules[{i}]",
+             f"must be a (logical_axis, mesh_axes) pair, got {rule!r}")
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else [rule[1]]
+    for a in targets:
+      _require(a is None or a in cfg.mesh.shape, f"mesh.rules[{i}]",
+               f"mesh axis {a!r} is not in mesh.shape {list(cfg.mesh.shape)}")
+  if num_devices is not None:
+    shape = mesh_shape(cfg, num_devices)
+    batch_axes = dict(cfg.mesh.rules).get("batch")
+    batch_axes = batch_axes if isinstance(batch_axes, (tuple, list)) else [batch_axes]
+    shards = math.prod(shape[a] for a in batch_axes if a is not None)
+    _require(t.batch_size % shards == 0, "train.batch_size",
+             f"{t.batch_size} is not divisible by the {shards} batch shards of mesh {shape}")
+
+
+def _check_types(cfg: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
+                 prefix: str) -> None:
+  """Unknown keys and wrong types against the defaults (int may stand for float)."""
+  for key in cfg:
+    _require(key in base, f"{prefix}.{key}", f"unknown key; known: {', '.join(sorted(base))}")
+    want: Any = type(base[key])
+    got = cfg[key]
+    if want is float and isinstance(got, int) and not isinstance(got, bool):
+      continue
+    if base[key] is None or want in (list, tuple):
+      continue
+    if want is str and key == "block_every_step":
+      continue
+    _require(isinstance(got, want) and not (want is int and isinstance(got, bool)),
+             f"{prefix}.{key}", f"expected {want.__name__}, got {type(got).__name__} {got!r}")
