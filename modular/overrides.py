@@ -1,0 +1,120 @@
+"""Config files and command-line overrides: ``--config.train.steps=500``.
+
+``load_config_file("configs/quickstart.py", arg)`` runs the file's ``get_config(arg)``
+(big_vision style; ``configs/x.py:arg`` also works). ``apply_override`` sets one
+dotted key, parsing the value by the type of the value it replaces, and raises a
+ValueError naming the key for an unknown key or a value of the wrong type.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Loads ``get_config(arg)`` from a Python config file.
+
+  Args:
+    path: "configs/quickstart.py" or "configs/quickstart.py:arg".
+    arg: the argument for ``get_config`` (overrides one given after a colon).
+
+  Returns:
+    The ConfigDict the file builds.
+  """
+  if ":" in path and not os.path.exists(path):
+    path, file_arg = path.rsplit(":", 1)
+    arg = arg if arg is not None else file_arg
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"--config: no config file at {path}")
+  name = "modular_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config: {path} defines no get_config()")
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def _parse(key: str, text: str, current: Any) -> Any:
+  """Parses ``text`` into the type of ``current``; errors name ``key``."""
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ValueError(f"config.{key}: expected a bool (true/false), got {text!r}")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"config.{key}: expected an int, got {text!r}") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"config.{key}: expected a float, got {text!r}") from None
+  if isinstance(current, (list, tuple)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = [v.strip() for v in text.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+      value = [value]
+    return type(current)(value)
+  if current is None:
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+  return text
+
+
+def apply_override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets ``cfg.<key> = value`` (a string is parsed by the existing value's type).
+
+  Raises:
+    ValueError: naming the key, if it does not exist or the value has the wrong type.
+  """
+  parts = key.split(".")
+  node = cfg
+  for i, part in enumerate(parts[:-1]):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ValueError(f"config.{'.'.join(parts[:i + 1])}: unknown key")
+    node = node[part]
+  leaf = parts[-1]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+    raise ValueError(f"config.{key}: unknown key; known here: {known}")
+  current = node[leaf]
+  if isinstance(value, str) and not isinstance(current, str):
+    value = _parse(key, value, current)
+  try:
+    with node.ignore_type() if current is None else _nullcontext():
+      node[leaf] = value
+  except TypeError as e:
+    raise ValueError(f"config.{key}: {e}") from None
+
+
+class _nullcontext:
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def parse_overrides(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+  """Splits ``--config.a.b=v`` arguments from the rest of argv."""
+  overrides, rest = {}, []
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      k, v = a[len("--config."):].split("=", 1)
+      overrides[k] = v
+    else:
+      rest.append(a)
+  return overrides, rest

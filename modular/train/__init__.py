@@ -1,0 +1,1 @@
+"""Training: sharding rules, optimizer, step, loop, checkpoints, metrics."""

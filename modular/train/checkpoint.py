@@ -1,0 +1,158 @@
+"""Checkpoints with orbax: training state, data-iterator state and run metadata.
+
+Layout of a run's workdir:
+  config.json        the full config of the run
+  checkpoints/<step>/state   params, opt_state, mtl_state, step, rng (sharded arrays)
+  checkpoints/<step>/data    the data iterator's state (JSON)
+  checkpoints/<step>/meta    the step, the task names, the last routing statistics (JSON)
+
+Saving is asynchronous and keeps the last N steps; orbax writes each step to a
+temporary folder and renames it when complete, so a run killed mid-save leaves the
+earlier checkpoints intact. A checkpoint that fails to restore raises
+``CheckpointError`` naming the step folder; nothing on disk is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be read (corrupt, partial or from another model)."""
+
+
+class Checkpointer:
+  """Saves and restores a run's state in ``workdir/checkpoints``.
+
+  Args:
+    workdir: the run folder.
+    keep: how many recent checkpoints to keep.
+    async_save: save in a background thread.
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Any, meta: dict) -> None:
+    """Starts saving ``state`` (arrays), ``data_state`` and ``meta`` (JSON) at ``step``."""
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
+    """Restores (state, data_state, meta) at ``step``.
+
+    Args:
+      step: the checkpoint step.
+      abstract_state: a tree of ``jax.ShapeDtypeStruct`` with shardings, the target
+        structure (shapes must match the saved ones).
+
+    Raises:
+      CheckpointError: naming the folder and the cause, when the checkpoint is
+        corrupt, partial or does not match the model.
+    """
+    path = os.path.join(self.directory, str(step))
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many kinds; report them in one place.
+      raise CheckpointError(
+          f"checkpoint {path} could not be restored ({type(e).__name__}: {e}). "
+          "It may be corrupt, partial, or saved from a different model config. Nothing was "
+          "deleted: move that folder aside to resume from an earlier step, or use a new "
+          "workdir.") from e
+    _check_shapes(out.state, abstract_state, path)
+    return out.state, out.data, dict(out.meta)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _check_shapes(state: Any, abstract: Any, path: str) -> None:
+  got = jax.tree.map(lambda x: tuple(x.shape), state)
+  want = jax.tree.map(lambda x: tuple(x.shape), abstract)
+  if got != want:
+    raise CheckpointError(f"checkpoint {path} holds shapes that do not match the model")
+
+
+def save_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+  """Writes ``workdir/config.json`` (atomically)."""
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, "config.json.tmp")
+  with open(tmp, "w") as f:
+    f.write(cfg.to_json_best_effort(indent=2))
+  os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Reads ``workdir/config.json`` back into a ConfigDict."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a modular run folder?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_for_analysis(workdir: str, step: int | None = None):
+  """Restores a trained model for analysis, on whatever devices are here.
+
+  Args:
+    workdir: a run folder written by ``modular.train.loop.train``.
+    step: the checkpoint step (default: the latest).
+
+  Returns:
+    (cfg, fm, params): the run's config, the ``FunctionalModel`` and its parameters
+    (replicated on the local devices, whatever mesh the run was saved from).
+  """
+  from modular import config as config_lib
+  from modular import models as models_lib
+  from modular.objective import FunctionalModel
+
+  cfg = load_config(workdir)
+  config_lib.fill_derived(cfg)
+  fm, params, _ = FunctionalModel.split(models_lib.build_model(cfg.model, cfg.train.seed))
+  ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          params)
+  path = os.path.join(ckpt.directory, str(step))
+  try:
+    out = ckpt.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"params": abstract},
+            restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding),
+                                      {"params": abstract}),
+            partial_restore=True)))
+    restored = out.state["params"]
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {path} could not be restored for analysis "
+                          f"({type(e).__name__}: {e})") from e
+  finally:
+    ckpt.close()
+  _check_shapes(restored, abstract, path)
+  return cfg, fm, restored

@@ -1,0 +1,98 @@
+"""The optax optimizer from the config: schedule, optimizer, clipping, and path rules.
+
+Path rules act on parameter paths such as ``blocks/0/ffn/w_in``:
+  optim.frozen          regexes; matching parameters get a zero update
+                        (parameter-efficient mode: freeze the backbone)
+  optim.lr_multipliers  [regex, factor] pairs; matching updates are scaled
+                        (e.g. Polytropon's faster allocation logits); the first
+                        matching rule wins
+
+(big_vision's ``optax.py`` does the same with regexes over parameter names.)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from modular.train.sharding import path_str
+
+
+def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """The learning-rate schedule named by ``cfg.schedule``."""
+  lr = float(cfg.learning_rate)
+  end = lr * float(cfg.end_lr_factor)
+  warmup = min(int(cfg.warmup_steps), max(total_steps - 1, 0))
+  if cfg.schedule == "constant":
+    return optax.constant_schedule(lr)
+  if cfg.schedule == "linear":
+    return optax.linear_schedule(lr, end, total_steps)
+  if cfg.schedule == "cosine":
+    return optax.cosine_decay_schedule(lr, total_steps, alpha=cfg.end_lr_factor)
+  return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), end)
+
+
+def path_factors(params: Any, cfg: ml_collections.ConfigDict) -> Any:
+  """Per-leaf update factors: 0 for frozen paths, the multiplier where a rule matches."""
+  frozen = [re.compile(r) for r in cfg.frozen]
+  mults = [(re.compile(r), float(f)) for r, f in cfg.lr_multipliers]
+
+  def factor(path, _):
+    name = path_str(path)
+    if any(r.search(name) for r in frozen):
+      return 0.0
+    for r, f in mults:
+      if r.search(name):
+        return f
+    return 1.0
+
+  return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def scale_by_path(factors: Any) -> optax.GradientTransformation:
+  """Multiplies each update leaf by a fixed per-path factor (no state)."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, f: u if f == 1.0 else u * f, updates, factors), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Builds the optimizer chain: clip -> optimizer(schedule) -> path factors.
+
+  Args:
+    cfg: ``config.optim``.
+    params: the parameter tree (for the path rules).
+    total_steps: the run's length (for the schedule).
+
+  Returns:
+    (transformation, schedule).
+  """
+  schedule = make_schedule(cfg, total_steps)
+  if cfg.name == "adamw":
+    opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  elif cfg.name == "adam":
+    opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
+  elif cfg.name == "sgd":
+    opt = optax.sgd(schedule, momentum=cfg.b1)
+  elif cfg.name == "lion":
+    opt = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  elif cfg.name == "adafactor":
+    opt = optax.adafactor(schedule)
+  else:
+    raise ValueError(f"config.optim.name: unknown optimizer {cfg.name!r}")
+  parts = []
+  if cfg.grad_clip and cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  parts.append(opt)
+  factors = path_factors(params, cfg)
+  if any(f != 1.0 for f in jax.tree.leaves(factors)):
+    parts.append(scale_by_path(factors))
+  return optax.chain(*parts), schedule

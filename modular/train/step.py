@@ -1,0 +1,129 @@
+"""The train step and the eval step: pure functions, jitted with shardings by the loop.
+
+One step computes the vector of per-task losses [T] and reduces it through the
+configured multi-task method (``modular.mtl``), never naming one:
+
+  * methods with ``needs_task_grads`` (PCGrad, MGDA, CAGrad, ...) get the per-task
+    gradients [T, ...] from one forward pass and T VJPs and combine them;
+  * loss-weighting methods (mean, uncertainty, DWA) give weights w [T] and the step
+    differentiates sum_t w_t L_t once.
+
+The optax optimizer then applies the combined gradient. State is a dict pytree:
+  params     the model's parameter dict
+  opt_state  the optax state
+  mtl_state  the multi-task method's state (PRNG key, loss history, learned weights)
+  step       int32 []
+  rng        PRNG key [2] uint32 (dropout, Gumbel noise)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from modular import mtl as mtl_lib
+from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector
+
+State = dict[str, Any]
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed: int) -> State:
+  """The training state at step 0 (call under jit with output shardings)."""
+  return {
+      "params": params,
+      "opt_state": tx.init(params),
+      "mtl_state": method.init(params),
+      "step": jnp.zeros((), jnp.int32),
+      "rng": jax.random.PRNGKey(seed),
+  }
+
+
+def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, method: Any,
+                    schedule: optax.Schedule | None = None
+                    ) -> Callable[[State, dict], tuple[State, dict]]:
+  """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+  Args:
+    fm: the functional model.
+    tx: the optax optimizer (applied to the combined gradient).
+    method: a ``modular.mtl`` method (``needs_task_grads``, ``combine`` or
+      ``loss_weights``/``observe``).
+    schedule: learning-rate schedule, for logging.
+
+  Returns:
+    The step function. Metrics hold [T] arrays under ``task/<name>``, the auxiliary
+    losses under ``aux/<name>``, module statistics under ``stats/<name>`` and the
+    method's telemetry under ``mtl/<name>``.
+  """
+
+  def loss_vector(params, batch, rng):
+    return task_loss_vector(fm, params, batch, rng=rng, deterministic=False)
+
+  def train_step(state: State, batch: dict) -> tuple[State, dict]:
+    rng, step_rng = jax.random.split(state["rng"])
+    params = state["params"]
+    if method.needs_task_grads:
+      (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(loss_vector, has_aux=True)(
+          params, batch, step_rng)
+      present = aux["metrics"]["present"]
+      grads, mtl_state, mtl_stats = method.combine(
+          task_grads, state["mtl_state"], params=params, losses=losses, present=present)
+    else:
+      present = _present(batch, fm.num_tasks)
+      weights = jax.lax.stop_gradient(method.loss_weights(state["mtl_state"], present))
+
+      def objective(p):
+        lv, aux = loss_vector(p, batch, step_rng)
+        return jnp.sum(weights * lv) + method.extra_loss(state["mtl_state"]), (lv, aux)
+
+      grads, (losses, aux) = jax.grad(objective, has_aux=True)(params)
+      mtl_state, mtl_stats = method.observe(state["mtl_state"], losses, present)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {
+        "params": optax.apply_updates(params, updates),
+        "opt_state": opt_state,
+        "mtl_state": mtl_state,
+        "step": state["step"] + 1,
+        "rng": rng,
+    }
+    metrics = {f"task/{k}": v for k, v in aux["metrics"].items()}
+    metrics.update({f"aux/{k}": v for k, v in aux["aux_losses"].items()})
+    metrics.update({f"stats/{k}": v for k, v in aux["stats"].items()})
+    metrics.update({f"mtl/{k}": v for k, v in mtl_stats.items()})
+    metrics["objective"] = jnp.sum(losses * present) / jnp.maximum(present.sum(), 1.0)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state["step"])
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(fm: FunctionalModel) -> Callable[[Any, dict], dict]:
+  """Builds ``eval_step(params, batch) -> per-task sums`` (deterministic forward).
+
+  Returns sums (loss x tokens, correct tokens, right sequences, counts) so that the
+  loop can add them over batches and divide once.
+  """
+
+  def eval_step(params, batch):
+    logits, _ = fm.apply(params, batch, deterministic=True)
+    m = per_task_metrics(logits, batch, fm.num_tasks)
+    return {
+        "loss_sum": m["loss"] * m["tokens"],
+        "correct": m["accuracy"] * m["tokens"],
+        "seq_right": m["seq_accuracy"] * m["examples"],
+        "tokens": m["tokens"],
+        "examples": m["examples"],
+    }
+
+  return eval_step
+
+
+def _present(batch: dict, num_tasks: int) -> jax.Array:
+  """[T] 1.0 for tasks with answer tokens in the batch."""
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)
+  return (onehot.T @ batch["mask"].astype(jnp.float32).sum(-1) > 0).astype(jnp.float32)
