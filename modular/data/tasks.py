@@ -1,0 +1,209 @@
+"""Built-in algorithmic sequence tasks.
+
+Each task is a pure, seeded function ``(rng, spec) -> (prompt, answer)`` over
+symbol indices in ``[0, spec.n_symbols)`` (``modular.data.vocab`` maps them to
+token ids). The tasks share sub-skills on purpose, so that a modular model has
+reuse to discover:
+
+  copy          answer = x                          (position-wise read-out)
+  reverse       answer = x[::-1]                    (read-out, reversed order)
+  sort          answer = sorted(x)                  (counting + read-out)
+  duplicate     answer = each symbol twice           (read-out at half speed)
+  shift         answer = (x + 1) mod n_symbols       (read-out + successor map)
+  mod_add       prompt = a ++ b, answer = (a + b) mod n_symbols, element-wise
+                                                    (two read-outs + addition)
+  parity        x in {0, 1}^n, answer = [sum(x) mod 2]
+  assoc_recall  prompt = k1 v1 .. kn vn q, answer = [v_i where k_i = q]
+                                                    (key match + copy next)
+  induction     prompt = .. A B .. A, answer = [B]   (match + copy next)
+  count         prompt = x ++ [q], answer = [#{i: x_i = q}]
+
+``x`` has a length drawn uniformly from ``[spec.min_len, spec.max_len]``.
+``Task.max_lengths(spec)`` gives the longest prompt and answer a task can
+produce; the data config uses it to check that every example fits in
+``seq_len``: ``2 + len(prompt) + len(answer) <= seq_len + 1``. With the defaults
+(``max_len=8``) the longest are duplicate and mod_add (1 + 8 + 1 + 16 = 26 tokens),
+which is why the default ``seq_len`` is 32.
+
+Adding a task: write a function and decorate it with ``@_task(...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from modular.registry import Registry
+
+Example = tuple[np.ndarray, np.ndarray]  # (prompt [P], answer [A]) symbol indices
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """Generation parameters shared by all built-in tasks.
+
+  Attributes:
+    n_symbols: alphabet size; symbols are ``0..n_symbols-1``.
+    min_len: shortest input sequence ``x`` (in symbols, >= 1).
+    max_len: longest input sequence ``x``.
+  """
+  n_symbols: int
+  min_len: int
+  max_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A registered task: its generator and its static properties.
+
+  Attributes:
+    name: registry name.
+    generate: ``(rng, spec) -> (prompt, answer)`` int32 symbol arrays.
+    max_lengths: ``spec -> (longest prompt, longest answer)``.
+    min_symbols: ``spec -> smallest n_symbols the task needs``.
+  """
+  name: str
+  generate: Callable[[np.random.Generator, TaskSpec], Example]
+  max_lengths: Callable[[TaskSpec], tuple[int, int]]
+  min_symbols: Callable[[TaskSpec], int]
+
+  def __call__(self, rng: np.random.Generator, spec: TaskSpec) -> Example:
+    prompt, answer = self.generate(rng, spec)
+    return np.asarray(prompt, np.int32), np.asarray(answer, np.int32)
+
+
+TASKS: Registry[Task] = Registry("task")
+
+# The eight tasks a default data config trains on (shift and count are extra).
+DEFAULT_TASKS = ("copy", "reverse", "sort", "duplicate", "mod_add", "parity",
+                 "assoc_recall", "induction")
+
+
+def _task(name: str,
+          max_lengths: Callable[[TaskSpec], tuple[int, int]],
+          min_symbols: Callable[[TaskSpec], int] = lambda spec: 1):
+  """Registers ``fn`` as task ``name`` (the registry entry is a ``Task``)."""
+
+  def deco(fn):
+    task = Task(name, fn, max_lengths, min_symbols)
+    TASKS.register(name)(task)
+    return fn
+
+  return deco
+
+
+def get_task(name: str) -> Task:
+  """Returns the registered task ``name`` (KeyError listing known names)."""
+  return TASKS.get(name)
+
+
+def _length(rng: np.random.Generator, spec: TaskSpec) -> int:
+  return int(rng.integers(spec.min_len, spec.max_len + 1))
+
+
+def _sequence(rng: np.random.Generator, spec: TaskSpec, n: int | None = None) -> np.ndarray:
+  n = _length(rng, spec) if n is None else n
+  return rng.integers(0, spec.n_symbols, size=n)  # [n]
+
+
+def _same_len(spec: TaskSpec) -> tuple[int, int]:
+  return spec.max_len, spec.max_len
+
+
+@_task("copy", _same_len)
+def copy(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Copy: answer equals the prompt."""
+  x = _sequence(rng, spec)
+  return x, x.copy()
+
+
+@_task("reverse", _same_len)
+def reverse(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Reverse: answer is the prompt read backwards."""
+  x = _sequence(rng, spec)
+  return x, x[::-1].copy()
+
+
+@_task("sort", _same_len)
+def sort(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Sort: answer is the prompt in ascending order."""
+  x = _sequence(rng, spec)
+  return x, np.sort(x)
+
+
+@_task("duplicate", lambda s: (s.max_len, 2 * s.max_len))
+def duplicate(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Duplicate: each symbol twice, ``abc -> aabbcc``."""
+  x = _sequence(rng, spec)
+  return x, np.repeat(x, 2)
+
+
+@_task("shift", _same_len)
+def shift(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Shift: each symbol replaced by its successor modulo n_symbols."""
+  x = _sequence(rng, spec)
+  return x, (x + 1) % spec.n_symbols
+
+
+@_task("mod_add", lambda s: (2 * s.max_len, s.max_len))
+def mod_add(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Element-wise addition modulo n_symbols.
+
+  The prompt is ``a ++ b`` with ``len(a) == len(b) == n``, so the split point is
+  the middle of the prompt; the answer is ``(a + b) mod n_symbols`` ([n]).
+  """
+  n = _length(rng, spec)
+  a, b = _sequence(rng, spec, n), _sequence(rng, spec, n)
+  return np.concatenate([a, b]), (a + b) % spec.n_symbols
+
+
+@_task("parity", lambda s: (s.max_len, 1), lambda s: 2)
+def parity(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Parity of a bit string written with symbols 0 and 1; answer one symbol."""
+  x = rng.integers(0, 2, size=_length(rng, spec))
+  return x, np.array([x.sum() % 2])
+
+
+@_task("assoc_recall", lambda s: (2 * min(s.max_len, s.n_symbols) + 1, 1))
+def assoc_recall(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Associative recall: ``k1 v1 .. kn vn q -> v`` with distinct keys.
+
+  The number of pairs is drawn from ``[min_len, max_len]`` and capped at
+  ``n_symbols`` (keys are distinct); the query is one of the keys.
+  """
+  n = min(_length(rng, spec), spec.n_symbols)
+  keys = rng.permutation(spec.n_symbols)[:n]
+  values = rng.integers(0, spec.n_symbols, size=n)
+  q = int(rng.integers(n))
+  pairs = np.stack([keys, values], axis=1).reshape(-1)  # [2n]
+  return np.concatenate([pairs, keys[q:q + 1]]), values[q:q + 1]
+
+
+@_task("induction", lambda s: (max(s.max_len, 2) + 1, 1), lambda s: 2)
+def induction(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Induction head: ``.. A B .. A -> B``.
+
+  A body of ``max(n, 2)`` symbols holds the trigger ``A`` exactly once, at a
+  position followed by ``B != A``; the prompt is the body then ``A``, so the
+  answer ``B`` is unique.
+  """
+  n = max(_length(rng, spec), 2)
+  a = int(rng.integers(spec.n_symbols))
+  others = np.delete(np.arange(spec.n_symbols), a)  # every symbol but A
+  body = rng.choice(others, size=n)
+  i = int(rng.integers(n - 1))
+  body[i] = a
+  return np.concatenate([body, [a]]), body[i + 1:i + 2].copy()
+
+
+@_task("count", lambda s: (s.max_len + 1, 1), lambda s: s.max_len + 1)
+def count(rng: np.random.Generator, spec: TaskSpec) -> Example:
+  """Count: ``x ++ [q] -> [#{i: x_i = q}]`` with ``q`` drawn from ``x``.
+
+  Needs ``n_symbols > max_len`` so that every count is a symbol.
+  """
+  x = _sequence(rng, spec)
+  q = x[rng.integers(len(x))]
+  return np.concatenate([x, [q]]), np.array([np.sum(x == q)])
