@@ -1,0 +1,130 @@
+"""GradNorm: learned loss weights that balance the tasks' gradient norms.
+
+With ``n_t = ||g_t||`` the norm of task ``t``'s gradient on the shared parameters
+(read off the Gram diagonal), ``G_t = w_t n_t``, ``Gbar`` their mean over present
+tasks, ``r_t = (L_t / L_t(0)) / mean(L / L(0))`` the relative inverse training rate,
+GradNorm minimises ``L_grad = sum_t |G_t - Gbar r_t^alpha|`` over ``w`` with the
+target held constant. One step per ``combine``:
+
+  ``w_t <- w_t - lr * sign(G_t - Gbar r_t^alpha) * n_t``,
+
+then the present tasks' weights are renormalised to keep their sum (so that
+``sum_t w_t = T`` as in the paper, weights start at 1). The update of the network
+uses the weights before this step: ``d = sum_t w_t g_t``. ``L_t(0)`` is the loss of
+task ``t`` the first time it is present.
+
+The paper measures ``n_t`` on the last shared layer to save compute; here ``n_t`` is
+over all shared parameters (as LibMTL does), which the Gram matrix gives for free.
+Plain SGD on ``w``; the paper uses the network's optimizer.
+
+References:
+  Chen et al. 2018, "GradNorm: Gradient Normalization for Adaptive Loss Balancing in
+  Deep Multitask Networks", ICML.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from modular.mtl.method import METHODS, Method
+
+_MIN_WEIGHT = 1e-6
+
+
+class GradNormState(NamedTuple):
+  """Loss weights and the first observed loss of each task."""
+  weights: jax.Array        # [T]
+  initial_losses: jax.Array # [T] L_t(0)
+  seen: jax.Array           # [T] bool: L_t(0) recorded
+
+
+def gradnorm_step(state: GradNormState, norms: jax.Array, losses: jax.Array,
+                  present: jax.Array, alpha: float, lr: float) -> tuple[GradNormState, dict]:
+  """One GradNorm update of the weights.
+
+  Args:
+    state: current state.
+    norms: ``[T]`` gradient norms ``n_t``.
+    losses: ``[T]`` current losses.
+    present: ``[T]`` float 0/1.
+    alpha: restoring-force exponent.
+    lr: learning rate of the weights.
+
+  Returns:
+    ``(new_state, stats)`` with stats ``gradnorm_loss`` [] and ``targets`` [T].
+  """
+  p = present > 0
+  n_present = jnp.maximum(jnp.sum(p), 1)
+  losses = jnp.asarray(losses, jnp.float32)
+  initial = jnp.where(state.seen, state.initial_losses, losses)
+  ratio = jnp.where(p, losses / jnp.where(initial != 0, initial, 1.0), 0.0)
+  rel_rate = ratio / jnp.where(jnp.sum(ratio) > 0, jnp.sum(ratio) / n_present, 1.0)
+  g_w = state.weights * norms                                      # [T]
+  g_bar = jnp.sum(jnp.where(p, g_w, 0.0)) / n_present
+  target = g_bar * rel_rate ** alpha                               # held constant
+  grad = jnp.where(p, jnp.sign(g_w - target) * norms, 0.0)
+  stepped = jnp.maximum(state.weights - lr * grad, _MIN_WEIGHT)
+  total_before = jnp.sum(jnp.where(p, state.weights, 0.0))
+  total_after = jnp.sum(jnp.where(p, stepped, 0.0))
+  new_w = jnp.where(p, stepped * total_before / jnp.where(total_after > 0, total_after, 1.0),
+                    state.weights)
+  new = GradNormState(new_w, initial, state.seen | p)
+  stats = {"gradnorm_loss": jnp.sum(jnp.where(p, jnp.abs(g_w - target), 0.0)),
+           "targets": jnp.where(p, target, 0.0)}
+  return new, stats
+
+
+class GradNorm(Method):
+  """GradNorm as a Gram-space method.
+
+  Args:
+    num_tasks: T.
+    alpha: restoring-force exponent (1.5 is the paper's common choice).
+    lr: learning rate of the weights.
+    task_specific: path regexes of task-specific parameters.
+  """
+
+  name = "gradnorm"
+
+  def __init__(self, num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
+               task_specific: Sequence[str] = ()):
+    super().__init__(task_specific, num_tasks)
+    self.alpha, self.lr = float(alpha), float(lr)
+
+  def init(self, params):
+    del params
+    t = self._require_num_tasks()
+    return GradNormState(jnp.ones((t,), jnp.float32), jnp.ones((t,), jnp.float32),
+                         jnp.zeros((t,), bool))
+
+  def solve(self, gram, state, losses, present):
+    if losses is None:
+      raise ValueError("mtl method 'gradnorm' needs losses= in combine/update")
+    norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+    new, stats = gradnorm_step(state, norms, losses, present, self.alpha, self.lr)
+    return jnp.diag(jnp.where(present > 0, state.weights, 0.0)), new, stats
+
+
+def gradnorm(num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
+             task_specific: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
+  """GradNorm as an optax transform (needs ``losses=`` in update).
+
+  Args:
+    num_tasks: T.
+    alpha: restoring-force exponent.
+    lr: learning rate of the weights.
+    task_specific: path regexes of task-specific parameters.
+
+  Returns:
+    The transform.
+  """
+  return GradNorm(num_tasks, alpha, lr, task_specific).as_optax()
+
+
+@METHODS.register("gradnorm")
+def _build(cfg) -> GradNorm:
+  return GradNorm(cfg.num_tasks, cfg.gradnorm_alpha, cfg.gradnorm_lr, cfg.task_specific)

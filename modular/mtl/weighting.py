@@ -1,0 +1,192 @@
+"""Loss weightings that need no per-task gradients: mean, uncertainty weighting, DWA.
+
+The training loop differentiates ``sum_t stop_gradient(w_t) L_t + extra_loss`` once
+(the cost of a plain step) and then calls ``observe`` with the per-task losses to
+advance the method's state. Weights of absent tasks are 0.
+
+* ``mean``: ``w_t = 1 / #present`` (the default; ``equal`` is an alias).
+* ``uncertainty``: learned log-variances ``s_t``, objective
+  ``sum_t exp(-s_t) L_t + s_t``; ``w_t = exp(-s_t)``. ``observe`` takes one SGD step
+  on ``s`` with the gradient ``1 - exp(-s_t) L_t`` (present tasks only). ``extra_loss``
+  returns ``sum_t s_t``, constant in the parameters (it only completes the reported
+  objective).
+* ``dwa``: ``w_t = T' softmax_t(r_t / temperature)`` over the ``T'`` present tasks,
+  ``r_t = L_t(k-1) / L_t(k-2)`` from the last two observations of task ``t``
+  (``r_t = 1`` until a task has two). The paper uses epoch-average losses; call
+  ``observe`` with averaged losses at the period you want. Weights sum to ``T'``, as
+  in the paper, so the update is ``T'`` times the ``mean`` one at equal weights.
+
+References:
+  Kendall et al. 2018, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+  Scene Geometry and Semantics", CVPR; Liu et al. 2019, "End-to-End Multi-Task
+  Learning with Attention", CVPR (DWA).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from modular.mtl.method import METHODS, Weighting
+
+
+def _present_mask(present: jax.Array) -> jax.Array:
+  return jnp.asarray(present, jnp.float32) > 0
+
+
+class Mean(Weighting):
+  """Plain mean over the present tasks (the default method)."""
+
+  name = "mean"
+  needs_losses = False
+
+  def loss_weights(self, state, present):
+    del state
+    p = _present_mask(present)
+    return jnp.where(p, 1.0, 0.0) / jnp.maximum(jnp.sum(p), 1)
+
+  def observe(self, state, losses, present):
+    del losses
+    return state, {"weights": self.loss_weights(state, present)}
+
+
+class UncertaintyState(NamedTuple):
+  """Learned log-variances ``s`` ``[T]``."""
+  log_var: jax.Array
+
+
+class Uncertainty(Weighting):
+  """Uncertainty weighting with an SGD step on ``s`` per ``observe``.
+
+  Args:
+    num_tasks: T.
+    lr: learning rate of ``s``.
+    init: initial ``s_t``.
+    task_specific: path regexes (used by ``combine`` only).
+  """
+
+  name = "uncertainty"
+
+  def __init__(self, num_tasks: int, lr: float = 1e-2, init: float = 0.0,
+               task_specific: Sequence[str] = ()):
+    super().__init__(task_specific, num_tasks)
+    self.lr, self.init_value = float(lr), float(init)
+
+  def init(self, params):
+    del params
+    return UncertaintyState(jnp.full((self._require_num_tasks(),), self.init_value, jnp.float32))
+
+  def loss_weights(self, state, present):
+    return jnp.where(_present_mask(present), jnp.exp(-state.log_var), 0.0)
+
+  def observe(self, state, losses, present):
+    weights = self.loss_weights(state, present)
+    grad = jnp.where(_present_mask(present), 1.0 - jnp.exp(-state.log_var) * losses, 0.0)
+    new = UncertaintyState(state.log_var - self.lr * grad)
+    return new, {"weights": weights, "log_var": new.log_var}
+
+  def extra_loss(self, state):
+    return jnp.sum(state.log_var)
+
+
+class DWAState(NamedTuple):
+  """Last two observed losses per task and how many were observed."""
+  last: jax.Array       # [T] L_t(k-1)
+  before: jax.Array     # [T] L_t(k-2)
+  count: jax.Array      # [T] int32
+
+
+class DWA(Weighting):
+  """Dynamic Weight Average.
+
+  Args:
+    num_tasks: T.
+    temperature: softmax temperature (2 in the paper).
+    task_specific: path regexes (used by ``combine`` only).
+  """
+
+  name = "dwa"
+
+  def __init__(self, num_tasks: int, temperature: float = 2.0,
+               task_specific: Sequence[str] = ()):
+    super().__init__(task_specific, num_tasks)
+    self.temperature = float(temperature)
+
+  def init(self, params):
+    del params
+    t = self._require_num_tasks()
+    return DWAState(jnp.ones((t,), jnp.float32), jnp.ones((t,), jnp.float32),
+                    jnp.zeros((t,), jnp.int32))
+
+  def loss_weights(self, state, present):
+    p = _present_mask(present)
+    ratio = jnp.where(state.count >= 2, state.last / jnp.where(state.before != 0, state.before, 1.0),
+                      1.0)
+    logits = jnp.where(p, ratio / self.temperature, -jnp.inf)
+    return jnp.where(p, jnp.sum(p) * jax.nn.softmax(logits), 0.0)
+
+  def observe(self, state, losses, present):
+    p = _present_mask(present)
+    weights = self.loss_weights(state, present)
+    losses = jnp.asarray(losses, jnp.float32)
+    new = DWAState(last=jnp.where(p, losses, state.last),
+                   before=jnp.where(p, state.last, state.before),
+                   count=state.count + p.astype(jnp.int32))
+    return new, {"weights": weights}
+
+
+def mean() -> optax.GradientTransformationExtraArgs:
+  """The mean over present tasks as an optax transform over ``[T, ...]`` gradients."""
+  return Mean().as_optax()
+
+
+def uncertainty(num_tasks: int, lr: float = 1e-2, init: float = 0.0,
+                task_specific: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
+  """Uncertainty weighting as an optax transform (needs ``losses=`` in update).
+
+  Args:
+    num_tasks: T.
+    lr: learning rate of the log-variances.
+    init: their initial value.
+    task_specific: path regexes of task-specific parameters.
+
+  Returns:
+    The transform.
+  """
+  return Uncertainty(num_tasks, lr, init, task_specific).as_optax()
+
+
+def dwa(num_tasks: int, temperature: float = 2.0,
+        task_specific: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
+  """DWA as an optax transform (needs ``losses=`` in update).
+
+  Args:
+    num_tasks: T.
+    temperature: softmax temperature.
+    task_specific: path regexes of task-specific parameters.
+
+  Returns:
+    The transform.
+  """
+  return DWA(num_tasks, temperature, task_specific).as_optax()
+
+
+@METHODS.register("mean")
+def _build_mean(cfg) -> Mean:
+  return Mean(cfg.task_specific, cfg.num_tasks)
+
+
+METHODS.register("equal")(_build_mean)
+
+
+@METHODS.register("uncertainty")
+def _build_uncertainty(cfg) -> Uncertainty:
+  return Uncertainty(cfg.num_tasks, cfg.uncertainty_lr, cfg.uncertainty_init, cfg.task_specific)
+
+
+@METHODS.register("dwa")
+def _build_dwa(cfg) -> DWA:
+  return DWA(cfg.num_tasks, cfg.dwa_temperature, cfg.task_specific)
