@@ -79,6 +79,10 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
   """
   entry = _plain(entry)
   where = f"data config key 'external[{index}]'"
+
+  def where_key(key: str) -> str:
+    return f"data config key 'external[{index}].{key}'"
+
   if not isinstance(entry, Mapping):
     raise ValueError(f"{where}: expected a dict, got {type(entry).__name__}")
   unknown = set(entry) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS)
@@ -87,16 +91,16 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
                      f"{list(REQUIRED_KEYS) + list(OPTIONAL_KEYS)}")
   for key in REQUIRED_KEYS:
     if not isinstance(entry.get(key), str) or not entry[key]:
-      raise ValueError(f"{where}.{key}: required non-empty string, got {entry.get(key)!r}")
+      raise ValueError(f"{where_key(key)}: required non-empty string, got {entry.get(key)!r}")
   if entry["preprocess"].count(":") != 1:
-    raise ValueError(f"{where}.preprocess: expected 'module:function', "
+    raise ValueError(f"{where_key('preprocess')}: expected 'module:function', "
                      f"got {entry['preprocess']!r}")
   fields = {**OPTIONAL_KEYS, **entry}
   imports = fields["imports"]
   imports = tuple(m for m in imports.split(",") if m) if isinstance(imports, str) else tuple(imports)
   num_train = fields["num_train"]
   if not isinstance(num_train, int) or num_train < 0:
-    raise ValueError(f"{where}.num_train: expected an int >= 0, got {num_train!r}")
+    raise ValueError(f"{where_key('num_train')}: expected an int >= 0, got {num_train!r}")
   return ExternalTask(
       name=fields["name"], tfds_name=fields["tfds_name"], preprocess=fields["preprocess"],
       train_split=fields["train_split"], eval_split=fields["eval_split"],
