@@ -3,3 +3,4 @@
 Importing this package runs every ``@FFN.register`` / ``@ADAPTER.register`` /
 ``@HEAD.register`` / ``@BLOCK.register`` decorator below.
 """
+from modular.modules import moe  # noqa: F401  token-level top-k MoE FFN
