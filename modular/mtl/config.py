@@ -9,7 +9,8 @@ Keys:
     ``cagrad``, ``nashmtl``, ``imtl_g``, ``gradnorm`` (these need per-task
     gradients), ``uncertainty``, ``dwa`` (loss weightings).
   num_tasks: T; required (> 0) by the methods with per-task state (``uncertainty``,
-    ``dwa``, ``gradnorm``); 0 means "not set" (the loop fills it from the data).
+    ``dwa``, ``gradnorm``), whose ``init`` raises otherwise; 0 means "not set" (the
+    loop fills it from the data, possibly after validation).
   seed: PRNG seed of PCGrad's projection order.
   task_specific: regexes (``re.search``) over parameter paths such as
     ``"head/kernel"`` or ``"blocks/0/adapter_ffn/down"``; matching parameters are
@@ -37,9 +38,6 @@ import ml_collections
 from modular.mtl.mgda import NORMALIZATIONS
 from modular.mtl.method import METHODS
 from modular.mtl.task_grads import STRATEGIES
-
-STATEFUL = ("uncertainty", "dwa", "gradnorm")
-
 
 def default_mtl_config() -> ml_collections.ConfigDict:
   """Returns the default ``mtl`` config (plain mean over present tasks)."""
@@ -82,8 +80,6 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
          f"unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
   _check(isinstance(cfg.num_tasks, int) and cfg.num_tasks >= 0, "num_tasks",
          f"must be an int >= 0, got {cfg.num_tasks!r}")
-  _check(cfg.method not in STATEFUL or cfg.num_tasks > 0, "num_tasks",
-         f"method {cfg.method!r} keeps per-task state and needs num_tasks > 0")
   _check(isinstance(cfg.seed, int), "seed", f"must be an int, got {cfg.seed!r}")
   _check(not isinstance(cfg.task_specific, str), "task_specific", "must be a list of regexes")
   for pattern in cfg.task_specific:
