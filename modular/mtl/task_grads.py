@@ -5,8 +5,11 @@ vector. It runs ``jax.vjp`` once (one forward pass, whose residuals every backwa
 pass shares) and pulls back the ``T`` one-hot cotangents, either vmapped (one
 batched backward pass) or unrolled (``T`` backward passes in one program, which
 measured faster on the CPU). The result has the structure of ``params`` with a
-leading, unsharded task axis on every leaf; XLA propagates each parameter's sharding
-to the remaining axes, and ``shardings=`` pins it explicitly.
+leading, unsharded task axis on every leaf. With a mesh in ``Auto`` mode XLA's
+propagation picks the other axes' sharding (usually the parameter's, not always);
+``shardings=`` (the parameters' ``NamedSharding`` pytree) pins every leaf to
+``P(None, *param_spec)``, which the training loop should pass. With ``Explicit``
+mesh axes the sharding is part of the types and follows the parameters.
 
 Example::
 
