@@ -43,7 +43,9 @@ class ActivationStats:
       on which each neuron's activation is > 0.
     neuron_layers: {slot name: layer index}.
     task_tokens: [T] number of each task's (non-PAD) tokens.
-    stats: {stat name: array} routing statistics averaged over the batches.
+    stats: {stat name: array} routing statistics averaged over the batches;
+      statistics with one row per task ([T, ...]) average each row over the
+      batches weighted by that task's examples in each batch.
   """
 
   head_means: np.ndarray
@@ -70,7 +72,8 @@ def _batch_sums(fm: FunctionalModel, params: Params, batch: dict, pad_id: int | 
       fired = (act > 0).astype(jnp.float32)  # [B, L, N]
       counts[name[:-len("/ffn_act")]] = jnp.einsum("bt,bl,bln->tn", onehot, tok, fired)
   stats = {k: jnp.asarray(v, jnp.float32) for k, v in ctx.stats.items()}
-  return head_sum, tok.sum(), counts, task_tok.sum(0), stats
+  examples = onehot.T @ example_valid(batch, jnp)  # [T]
+  return head_sum, tok.sum(), counts, task_tok.sum(0), stats, examples
 
 
 def collect_activations(fm: FunctionalModel, params: Params, batches: Sequence[Batch],
@@ -89,19 +92,24 @@ def collect_activations(fm: FunctionalModel, params: Params, batches: Sequence[B
   head_sum, tokens, task_tokens = 0.0, 0.0, 0.0
   counts: dict[str, np.ndarray] = {}
   stats: dict[str, np.ndarray] = {}
+  weights: dict[str, np.ndarray] = {}
   nonempty = 0
   for batch in batches:
     if not float(example_valid(batch).sum()):
       continue
     nonempty += 1
-    h, n, c, tt, s = jax.device_get(_batch_sums(fm, params, batch, pad_id))
+    h, n, c, tt, s, ex = jax.device_get(_batch_sums(fm, params, batch, pad_id))
     head_sum = head_sum + np.asarray(h, np.float64)
     tokens += float(n)
     task_tokens = task_tokens + np.asarray(tt, np.float64)
     for k, v in c.items():
       counts[k] = counts.get(k, 0.0) + np.asarray(v, np.float64)
     for k, v in s.items():
-      stats[k] = stats.get(k, 0.0) + np.asarray(v, np.float64)
+      v = np.asarray(v, np.float64)
+      w = np.asarray(ex, np.float64) if v.ndim and v.shape[0] == fm.num_tasks else np.ones(())
+      w = w.reshape(w.shape + (1,) * (v.ndim - w.ndim))
+      stats[k] = stats.get(k, 0.0) + v * w
+      weights[k] = weights.get(k, 0.0) + w
   if not nonempty:
     raise ValueError("no evaluation example has answer tokens")
   layers = {k: int(_FFN_ACT.match(k + "/ffn_act").group(1)) for k in counts}
@@ -110,4 +118,4 @@ def collect_activations(fm: FunctionalModel, params: Params, batches: Sequence[B
       neuron_counts=counts,
       neuron_layers=layers,
       task_tokens=np.asarray(task_tokens),
-      stats={k: v / nonempty for k, v in stats.items()})
+      stats={k: v / np.maximum(weights[k], 1e-12) for k, v in stats.items()})

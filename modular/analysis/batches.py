@@ -6,8 +6,11 @@ covers every task, per-task numbers are read off with the task ids). This file
 flattens whatever evaluation data it is given into one pool of examples and cuts it
 into batches of one size, so that every jit-compiled analysis function compiles once.
 
-Padding rows (to fill the last batch) have ``mask`` 0 everywhere: they carry no
-answer tokens, count as no example of any task and never change a metric.
+Rows without answer tokens (``make_eval_batches`` pads each task's last batch with
+them) are dropped, and the pool is shuffled with a fixed seed so that every batch
+mixes the tasks (routers with a capacity see realistic batches, and per-batch
+routing statistics cover every task). Padding rows added to fill the last batch have
+``mask`` 0 everywhere: they count as no example of any task and change no metric.
 
 Batch contract (``modular.objective``): inputs [B, L] int32, targets [B, L] int32,
 mask [B, L] float32 (1 on answer tokens), task_id [B] int32.
@@ -51,8 +54,8 @@ def concat_batches(eval_data: Any, max_batches_per_task: int | None = None) -> B
     max_batches_per_task: keep at most this many batches of each task (dict input).
 
   Returns:
-    One batch dict of NumPy arrays with all N examples; sequences shorter than the
-    longest are right-padded with PAD (mask 0).
+    One batch dict of NumPy arrays with the N examples that have answer tokens;
+    sequences shorter than the longest are right-padded with PAD (mask 0).
   """
   batches = _as_list(eval_data, max_batches_per_task)
   if not batches:
@@ -67,12 +70,14 @@ def concat_batches(eval_data: Any, max_batches_per_task: int | None = None) -> B
       if k != "task_id" and v.shape[1] < seq:
         v = np.pad(v, ((0, 0), (0, seq - v.shape[1])), constant_values=PAD_ID)
       out[k].append(v)
-  return {
+  pool = {
       "inputs": np.concatenate(out["inputs"]).astype(np.int32),
       "targets": np.concatenate(out["targets"]).astype(np.int32),
       "mask": np.concatenate(out["mask"]).astype(np.float32),
       "task_id": np.concatenate(out["task_id"]).astype(np.int32),
   }
+  keep = example_valid(pool) > 0
+  return {k: v[keep] for k, v in pool.items()}
 
 
 def split_batches(pool: Batch, batch_size: int) -> list[Batch]:
@@ -97,19 +102,24 @@ def split_batches(pool: Batch, batch_size: int) -> list[Batch]:
 
 
 def prepare_batches(eval_data: Any, batch_size: int = 256,
-                    max_batches_per_task: int | None = None) -> list[Batch]:
-  """Evaluation data -> equal-size mixed batches (the input of every analysis).
+                    max_batches_per_task: int | None = None,
+                    seed: int | None = 0) -> list[Batch]:
+  """Evaluation data -> equal-size, shuffled mixed batches (every analysis's input).
 
   Args:
-    eval_data: see ``concat_batches``; a list of already prepared batches of one
-      size passes through unchanged.
+    eval_data: see ``concat_batches``.
     batch_size: examples per batch.
     max_batches_per_task: cap on each task's batches (dict input only).
+    seed: shuffling seed (None keeps the given order).
 
   Returns:
     A list of batch dicts of equal batch size.
   """
-  return split_batches(concat_batches(eval_data, max_batches_per_task), batch_size)
+  pool = concat_batches(eval_data, max_batches_per_task)
+  if seed is not None:
+    perm = np.random.default_rng(seed).permutation(pool["inputs"].shape[0])
+    pool = {k: v[perm] for k, v in pool.items()}
+  return split_batches(pool, batch_size)
 
 
 def example_valid(batch: Mapping[str, Any], xp=np):

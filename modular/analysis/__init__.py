@@ -1,0 +1,44 @@
+"""What a multi-task model learned: head reuse, neuron specialization, routing, conflict.
+
+Works on a model in memory, ``(fm, params)`` from ``FunctionalModel.split``, or on a
+run folder (``report.write_report(workdir)``, the ``modular-analyze`` command), with
+the tasks' evaluation data:
+
+  analyze_model(fm, params, eval_data)          everything below, one Analysis
+  gradient_head_importance(fm, params, batches) E_x |dL(x)/dxi| per task [T, NL, H]
+  ablation_matrices(fm, params, batches, means) zero/mean ablation deltas [NL, H, T]
+  head_reuse(scores, top_k=...)                 important-head sets, IoU / overlap
+  neuron_specialization(collect_activations())  specialized FFN neurons, IoU per layer
+  routing_analysis(stats, T)                    usage, entropy, load, task clusters
+  conflict_over_training(read_telemetry(run))   gradient cosines logged by surgery
+  write_report(workdir, out_dir=None)           PNGs, metrics.json, index.html
+
+References:
+  Michel et al. 2019; Merullo et al. 2023; Tan et al. 2024; Ye et al. 2022; Ponti et
+  al. 2022; Yu et al. 2020.
+"""
+
+from modular.analysis.ablation import AblationResult, ablation_matrices
+from modular.analysis.activations import ActivationStats, collect_activations
+from modular.analysis.analyze import Analysis, analyze_model
+from modular.analysis.batches import prepare_batches, synthetic_batches
+from modular.analysis.head_importance import (HeadImportance, gradient_head_importance,
+                                              per_example_gate_grads)
+from modular.analysis.head_reuse import HeadReuse, head_reuse, important_heads
+from modular.analysis.neurons import (NeuronSpecialization, neuron_specialization,
+                                      specialized_mask)
+from modular.analysis.report import write_analysis, write_report
+from modular.analysis.routing import RoutingSummary, routing_analysis, summarize_routing
+from modular.analysis.sets import iou_matrix, overlap_matrix
+from modular.analysis.telemetry import (conflict_over_training, conflict_summary,
+                                        read_telemetry, stats_over_training)
+
+__all__ = [
+    "AblationResult", "ActivationStats", "Analysis", "HeadImportance", "HeadReuse",
+    "NeuronSpecialization", "RoutingSummary", "ablation_matrices", "analyze_model",
+    "collect_activations", "conflict_over_training", "conflict_summary",
+    "gradient_head_importance", "head_reuse", "important_heads", "iou_matrix",
+    "neuron_specialization", "overlap_matrix", "per_example_gate_grads", "prepare_batches",
+    "read_telemetry", "routing_analysis", "specialized_mask", "stats_over_training",
+    "summarize_routing", "synthetic_batches", "write_analysis", "write_report",
+]

@@ -1,0 +1,280 @@
+"""The analysis report of a run folder: PNG figures, JSON metrics and an index page.
+
+``write_report(workdir)`` (the ``modular-analyze`` command) restores the run's latest
+checkpoint (sharded or not) with ``modular.train.checkpoint.load_for_analysis``,
+rebuilds the tasks' evaluation data from the saved config, runs
+``analyze.analyze_model`` and reads ``telemetry.jsonl`` for the routing statistics
+and gradient cosines logged during training. It writes into ``out_dir``:
+
+  metrics.json     every number behind the figures
+  *.png            head importance / ablation heatmaps, head and neuron overlap
+                   matrices and per-layer curves, routing usage with dendrograms,
+                   routing entropy and gradient cosines over training
+  index.html       a page that shows them all
+
+A run without a checkpoint still gets its telemetry figures.
+
+References:
+  Michel et al. 2019; Merullo et al. 2023; Tan et al. 2024; Ye et al. 2022; Ponti et
+  al. 2022; Yu et al. 2020 (see the modules that compute each figure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from modular.analysis import plots
+from modular.analysis import telemetry as telemetry_lib
+from modular.analysis.analyze import Analysis, analyze_model
+from modular.analysis.routing import entropy_over_training, routing_analysis
+
+
+def to_jsonable(x: Any) -> Any:
+  """Arrays, dataclasses and NumPy scalars -> JSON values (NaN and inf -> None)."""
+  if dataclasses.is_dataclass(x) and not isinstance(x, type):
+    return {f.name: to_jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+  if isinstance(x, dict):
+    return {str(k): to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [to_jsonable(v) for v in x]
+  if isinstance(x, (np.ndarray, np.generic)) or hasattr(x, "__array__"):
+    arr = np.asarray(x)
+    if arr.dtype.kind in "fc":
+      return to_jsonable(arr.tolist()) if arr.ndim else _float(float(arr))
+    return arr.tolist()
+  if isinstance(x, float):
+    return _float(x)
+  return x
+
+
+def _float(v: float) -> float | None:
+  return v if np.isfinite(v) else None
+
+
+def _figures(a: Analysis, out: str) -> list[tuple[str, str, str]]:
+  """Draws the model figures; returns (section, caption, file) triples."""
+  names, figs = a.task_names, []
+
+  def add(section, caption, path):
+    figs.append((section, caption, os.path.basename(path)))
+
+  imp = a.importance
+  add("Head importance", "Gradient importance E|dL/dxi| per task, normalized per layer",
+      plots.head_heatmap(imp.normalized, names, "gradient importance (per-layer L2 norm)",
+                         os.path.join(out, "head_importance_gradient.png")))
+  if a.ablation is not None:
+    for mode, delta in a.ablation.delta_loss.items():
+      add("Head importance", f"{mode} ablation: loss increase per task",
+          plots.head_heatmap(np.transpose(delta, (2, 0, 1)), names,
+                             f"{mode} ablation: delta loss", os.path.join(
+                                 out, f"head_ablation_{mode}_loss.png"),
+                             cmap="RdBu_r", center=True))
+      add("Head importance", f"{mode} ablation: accuracy change per task",
+          plots.head_heatmap(np.transpose(a.ablation.delta_accuracy[mode], (2, 0, 1)), names,
+                             f"{mode} ablation: delta accuracy", os.path.join(
+                                 out, f"head_ablation_{mode}_accuracy.png"),
+                             cmap="RdBu", center=True))
+  for source, reuse in a.reuse.items():
+    add("Head reuse", f"IoU of important-head sets ({source})",
+        plots.task_matrix(reuse.iou, names, f"head-set IoU ({source})",
+                          os.path.join(out, f"head_reuse_iou_{source}.png")))
+    add("Head reuse", f"Overlap coefficient of important-head sets ({source})",
+        plots.task_matrix(reuse.overlap, names, f"head-set overlap coefficient ({source})",
+                          os.path.join(out, f"head_reuse_overlap_{source}.png")))
+    add("Head reuse", f"Head-set IoU within each layer ({source})",
+        plots.layer_matrices(reuse.iou_per_layer, names, f"head-set IoU per layer ({source})",
+                             os.path.join(out, f"head_reuse_iou_per_layer_{source}.png")))
+  curves = {f"heads ({s})": r.mean_iou_per_layer for s, r in a.reuse.items()}
+  if a.neurons is not None:
+    n = a.neurons
+    curves[f"neurons (k={n.k})"] = n.mean_iou
+    add("Neuron specialization", f"IoU of specialized neuron sets per layer (k={n.k})",
+        plots.layer_matrices(n.iou, names, f"specialized-neuron IoU (k={n.k})",
+                             os.path.join(out, "neuron_iou_per_layer.png"),
+                             layer_names=n.layers))
+  add("Overlap against depth", "Mean pairwise IoU of tasks' sets per layer",
+      plots.layer_curves(curves, "task overlap against depth",
+                         os.path.join(out, "overlap_by_layer.png")))
+  for name, r in a.routing.items():
+    safe = name.replace("/", "_")
+    add("Routing (evaluation data)", f"{name}: usage per task, tasks clustered by route",
+        plots.routing_figure(r.matrix, r.linkage, names, name,
+                             os.path.join(out, f"routing_eval_{safe}.png"),
+                             xlabel="skill" if "alloc" in name else "expert"))
+  return figs
+
+
+def _telemetry_figures(records: list[dict], names: list[str], out: str
+                       ) -> tuple[list[tuple[str, str, str]], dict]:
+  """Routing statistics and gradient conflict logged during training."""
+  figs, metrics = [], {}
+  series = telemetry_lib.stats_over_training(records)
+  num_tasks = len(names)
+  last = {k: v["values"][-1] for k, v in series.items()}
+  routing = routing_analysis(last, num_tasks)
+  metrics["routing_final_step"] = {k: to_jsonable(r) for k, r in routing.items()}
+  for name, r in routing.items():
+    safe = name.replace("/", "_")
+    figs.append(("Routing (training telemetry)", f"{name} at the last logged step",
+                 os.path.basename(plots.routing_figure(
+                     r.matrix, r.linkage, names, f"{name} (step {int(series[name]['steps'][-1])})",
+                     os.path.join(out, f"routing_train_{safe}.png"),
+                     xlabel="skill" if "alloc" in name else "expert"))))
+    ent = entropy_over_training(series[name]["values"])
+    figs.append(("Routing (training telemetry)", f"{name}: per-task entropy over training",
+                 os.path.basename(plots.entropy_curves(
+                     series[name]["steps"], ent, names, f"{name} entropy",
+                     os.path.join(out, f"routing_entropy_{safe}.png")))))
+  conflict = telemetry_lib.conflict_over_training(records)
+  if conflict is not None:
+    metrics["conflict"] = to_jsonable(telemetry_lib.conflict_summary(conflict))
+    metrics["conflict"]["steps"] = conflict["steps"].tolist()
+    figs.append(("Gradient conflict", "Gradient cosine between tasks over training",
+                 os.path.basename(plots.cosine_over_training(
+                     conflict["steps"], conflict["cosine"], names,
+                     os.path.join(out, "gradient_cosine.png"),
+                     conflict_fraction=conflict["conflict_fraction"]))))
+    mean = telemetry_lib.conflict_summary(conflict)["mean_cosine"]
+    figs.append(("Gradient conflict", "Gradient cosine averaged over training",
+                 os.path.basename(plots.task_matrix(
+                     mean, names, "mean gradient cosine", os.path.join(
+                         out, "gradient_cosine_mean.png"), vmin=-1, vmax=1, cmap="RdBu"))))
+  return figs, metrics
+
+
+def analysis_metrics(a: Analysis) -> dict:
+  """The JSON summary of an ``Analysis`` (neuron frequencies left out for size)."""
+  neurons = None
+  if a.neurons is not None:
+    n = a.neurons
+    neurons = {"layers": n.layers, "k": n.k, "set_sizes": n.set_sizes, "iou": n.iou,
+               "mean_iou_per_layer": n.mean_iou}
+  return to_jsonable({
+      "tasks": a.task_names,
+      "examples": a.importance.examples,
+      "head_importance": {"raw": a.importance.raw, "normalized": a.importance.normalized},
+      "ablation": None if a.ablation is None else {
+          "base_loss": a.ablation.base_loss, "base_accuracy": a.ablation.base_accuracy,
+          "delta_loss": a.ablation.delta_loss, "delta_accuracy": a.ablation.delta_accuracy},
+      "head_reuse": {k: r.to_json(a.task_names) for k, r in a.reuse.items()},
+      "neurons": neurons,
+      "routing_eval": {k: r for k, r in a.routing.items()},
+      "timings_s": a.timings,
+  })
+
+
+def _index(out: str, title: str, figs: list[tuple[str, str, str]], summary: dict) -> str:
+  parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+           "</title><style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+           "figure{display:inline-block;margin:1em;vertical-align:top}"
+           "figcaption{font-size:0.85em;max-width:520px}img{max-width:560px}"
+           "td,th{padding:2px 8px;text-align:right}</style></head><body>",
+           f"<h1>{html.escape(title)}</h1>"]
+  rows = summary.get("rows")
+  if rows:
+    parts.append("<table><tr><th>task</th><th>loss</th><th>accuracy</th></tr>")
+    parts += [f"<tr><td>{html.escape(n)}</td><td>{l:.4f}</td><td>{acc:.4f}</td></tr>"
+              for n, l, acc in rows]
+    parts.append("</table>")
+  parts.append(f"<p>{html.escape(summary.get('note', ''))} Numbers: "
+               "<a href='metrics.json'>metrics.json</a>.</p>")
+  section = None
+  for sec, caption, fname in figs:
+    if sec != section:
+      parts.append(f"<h2>{html.escape(sec)}</h2>")
+      section = sec
+    parts.append(f"<figure><img src='{html.escape(fname)}' alt='{html.escape(caption)}'>"
+                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+  parts.append("</body></html>")
+  path = os.path.join(out, "index.html")
+  with open(path, "w") as f:
+    f.write("\n".join(parts))
+  return path
+
+
+def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
+                   title: str = "modular analysis") -> str:
+  """Writes the figures, metrics.json and index.html of an in-memory analysis.
+
+  Args:
+    a: the ``Analysis``.
+    out_dir: report folder (created).
+    records: optional telemetry records (``telemetry.read_telemetry``).
+    title: page title.
+
+  Returns:
+    The report folder.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  figs = _figures(a, out_dir)
+  metrics = analysis_metrics(a)
+  if records:
+    tfigs, tmetrics = _telemetry_figures(records, a.task_names, out_dir)
+    figs += tfigs
+    metrics.update(tmetrics)
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(metrics, f)
+  rows = None
+  if a.ablation is not None:
+    rows = list(zip(a.task_names, a.ablation.base_loss, a.ablation.base_accuracy))
+  _index(out_dir, title, figs, {"rows": rows, "note": ""})
+  return out_dir
+
+
+def write_report(workdir: str, out_dir: str | None = None, *, step: int | None = None,
+                 max_eval_batches: int | None = 2, batch_size: int = 256,
+                 top_k: int | None = None, threshold: float | None = None,
+                 neuron_k: float = 0.9) -> str:
+  """Writes the analysis report of a run folder.
+
+  Args:
+    workdir: a run folder (``config.json``, ``checkpoints/``, ``telemetry.jsonl``).
+    out_dir: report folder (default ``workdir/report``).
+    step: checkpoint step (default the latest).
+    max_eval_batches: evaluation batches per task (None: all).
+    batch_size: examples per analysis batch.
+    top_k: important heads per task (default a quarter of the heads).
+    threshold: score threshold for important heads instead of top-k.
+    neuron_k: cumulative threshold of neuron specialization.
+
+  Returns:
+    The report folder.
+  """
+  t0 = time.perf_counter()
+  out_dir = out_dir or os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  records = telemetry_lib.read_telemetry(workdir)
+  from modular.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  try:
+    cfg, fm, params = ckpt_lib.load_for_analysis(workdir, step)
+  except ckpt_lib.CheckpointError as e:
+    if "no checkpoint" not in str(e):
+      raise
+    cfg = fm = None
+  title = f"modular analysis: {os.path.basename(os.path.abspath(workdir))}"
+  if fm is None:  # telemetry only
+    from modular import data as data_lib  # pylint: disable=g-import-not-at-top
+    cfg = ckpt_lib.load_config(workdir)
+    names = data_lib.task_names(cfg.data)
+    figs, metrics = _telemetry_figures(records, names, out_dir)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(metrics, f)
+    _index(out_dir, title, figs, {"note": "No checkpoint: training telemetry only."})
+    return out_dir
+  from modular import data as data_lib  # pylint: disable=g-import-not-at-top
+  eval_batches = data_lib.make_eval_batches(cfg.data, batch_size)
+  analysis = analyze_model(fm, params, eval_batches, data_lib.task_names(cfg.data),
+                           batch_size=batch_size, max_batches_per_task=max_eval_batches,
+                           top_k=top_k, threshold=threshold, neuron_k=neuron_k)
+  write_analysis(analysis, out_dir, records, title)
+  analysis.timings["total"] = time.perf_counter() - t0
+  with open(os.path.join(out_dir, "timings.json"), "w") as f:
+    json.dump(analysis.timings, f, indent=2)
+  return out_dir
