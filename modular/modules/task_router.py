@@ -69,14 +69,15 @@ class TaskRouter(nnx.Module):
     self.opts = opts
     self.task_embed = param(rngs, (num_tasks, opts.task_embed_dim), ("tasks", None), scale=1.0)
     self.kernel = param(rngs, (opts.task_embed_dim, opts.num_experts), (None, None))
-    # Set by sub-network extraction: the constant weights of the kept experts.
-    self.fixed: tuple[float, ...] | None = None
+    # Set by sub-network extraction: [K] weights of the kept experts (a parameter, so
+    # the sub-networks of all tasks share one graph and one compilation).
+    self.fixed: nnx.Param | None = nnx.data(None)
 
   @property
   def num_choices(self) -> int:
     """K, the experts each example runs (all E in the average stage)."""
     if self.fixed is not None:
-      return len(self.fixed)
+      return self.fixed.shape[0]
     return self.opts.num_experts if self.opts.route_mode == "average" else self.opts.top_k
 
   def logits(self) -> jax.Array:
@@ -89,7 +90,7 @@ class TaskRouter(nnx.Module):
     t, e, k = self.task_embed.shape[0], o.num_experts, self.num_choices
     if self.fixed is not None:
       experts = jnp.broadcast_to(jnp.arange(k, dtype=jnp.int32), (t, k))
-      return experts, jnp.broadcast_to(jnp.asarray(self.fixed, jnp.float32), (t, k))
+      return experts, jnp.broadcast_to(self.fixed[...], (t, k))
     if o.route_mode == "average":
       return (jnp.broadcast_to(jnp.arange(e, dtype=jnp.int32), (t, e)),
               jnp.full((t, e), 1.0 / e, jnp.float32))
@@ -114,7 +115,7 @@ class TaskRouter(nnx.Module):
     entropy of softmax(logits / tau)).
     """
     experts, weights = self.table(ctx)
-    e = self.opts.num_experts if self.fixed is None else len(self.fixed)
+    e = self.opts.num_experts if self.fixed is None else self.fixed.shape[0]
     dense = jnp.einsum("tk,tke->te", weights, jax.nn.one_hot(experts, e))  # [T, E]
     ctx.record("task_expert_usage", dense)
     ctx.record("expert_load", dense[ctx.task_id].mean(0))
@@ -132,5 +133,5 @@ class TaskRouter(nnx.Module):
     """
     ctx = Context(task_id=jnp.zeros((1,), jnp.int32), num_tasks=self.task_embed.shape[0])
     experts, weights = self.table(ctx)
-    self.fixed = tuple(float(w) for w in jax.device_get(weights[task]))
+    self.fixed = nnx.Param(jax.lax.stop_gradient(weights[task]), logical_axes=(None,))
     return experts[task]

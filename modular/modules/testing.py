@@ -31,9 +31,16 @@ def slot_args(d_model: int = 16, d_ff: int = 32, num_tasks: int = 3, *, num_head
                   shared=nnx.Dict() if shared is None else shared, model_cfg=model_cfg)
 
 
+def rngs(seed: int = 0) -> nnx.Rngs:
+  """Init keys of the "rbg" generator: its samplers compile about 3x faster than
+  threefry's on CPU, which dominates building many small test models. The choice is
+  local to these keys (no global config change)."""
+  return nnx.Rngs(params=jax.random.key(seed, impl="rbg"))
+
+
 def build_filler(kind: str, cfg: dict, args: SlotArgs, seed: int = 0) -> nnx.Module:
   """Builds the filler ``cfg["name"]`` of slot ``kind`` ("ffn", "adapter_ffn", ...)."""
-  return build_slot(kind, args, ml_collections.ConfigDict(cfg), nnx.Rngs(params=seed))
+  return build_slot(kind, args, ml_collections.ConfigDict(cfg), rngs(seed))
 
 
 def context(task_id, num_tasks: int, *, rng: jax.Array | None = None,
@@ -64,8 +71,8 @@ def model_config(num_tasks: int = 3, *, d_model: int = 16, d_ff: int = 32,
 
 
 def build(cfg: ml_collections.ConfigDict, seed: int = 0) -> Transformer:
-  """The transformer of ``cfg``."""
-  return Transformer(cfg, nnx.Rngs(params=seed))
+  """The transformer of ``cfg`` (test-speed init keys, see ``rngs``)."""
+  return Transformer(cfg, rngs(seed))
 
 
 def batch(num_tasks: int, batch_size: int = 6, seq_len: int = 8, vocab_size: int = 11,
