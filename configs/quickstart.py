@@ -3,7 +3,7 @@
   modular-train --config configs/quickstart.py --workdir runs/quickstart
 
 Every built-in algorithmic task (generated offline into a local TFDS data dir on
-first use), mixed batches with temperature sampling, per-task evaluation every
+first use), mixed batches with uniform task sampling, per-task evaluation every
 250 steps, checkpoints every 250 steps.
 """
 

@@ -7,6 +7,11 @@ Fields (``default_data_config()``):
   min_len      3    shortest input sequence of a built-in task
   max_len      8    longest input sequence of a built-in task
   seq_len      32   model sequence length L (the longest default example needs 25)
+  prompt_width 0    0: the prompt follows the task token; > 0: prompts are
+                    left-padded with PAD to this width so SEP (and the answer)
+                    start at the same position in every example; -1: the
+                    longest prompt of the built-in tasks (position-aligned answers
+                    make copy/reverse-like tasks much faster to learn)
   num_train    5000 train examples per built-in task
   num_eval     256  held-out ('test' split) examples per task for evaluation
   sampling     "proportional" | "uniform" | "temperature" | "explicit"
@@ -51,6 +56,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       min_len=3,
       max_len=8,
       seq_len=32,
+      prompt_width=0,
       num_train=5000,
       num_eval=256,
       sampling="proportional",
@@ -148,6 +154,14 @@ def _check_int(cfg: Any, key: str, low: int) -> None:
     raise _error(key, f"expected an int >= {low}, got {value!r}")
 
 
+def prompt_width(cfg: Any) -> int:
+  """The prompt field's width: 0 (no alignment), or the resolved width for -1."""
+  if cfg.prompt_width != -1:
+    return int(cfg.prompt_width)
+  spec = task_spec(cfg)
+  return max(tasks_lib.get_task(n).max_lengths(spec)[0] for n in builtin_task_names(cfg))
+
+
 def validate_data_config(cfg: Any) -> None:
   """Checks a data config; every error names the offending key.
 
@@ -191,6 +205,10 @@ def validate_data_config(cfg: Any) -> None:
     raise _error("tasks", f"{len(names)} tasks exceed MAX_TASKS={vocab.MAX_TASKS}")
 
   spec = task_spec(cfg)
+  if isinstance(cfg.prompt_width, bool) or not isinstance(cfg.prompt_width, int) \
+      or cfg.prompt_width < -1:
+    raise _error("prompt_width", f"expected an int >= -1, got {cfg.prompt_width!r}")
+  width = prompt_width(cfg)
   for name in builtins:
     task = tasks_lib.get_task(name)
     need = task.min_symbols(spec)
@@ -198,6 +216,10 @@ def validate_data_config(cfg: Any) -> None:
       raise _error("n_symbols", f"task {name!r} needs n_symbols >= {need} "
                    f"(max_len={cfg.max_len}), got {cfg.n_symbols}")
     prompt_len, answer_len = task.max_lengths(spec)
+    if width and prompt_len > width:
+      raise _error("prompt_width", f"task {name!r} has prompts of up to {prompt_len} "
+                   f"symbols, more than prompt_width={width}")
+    prompt_len = max(prompt_len, width)
     if 2 + prompt_len + answer_len > cfg.seq_len + 1:
       raise _error("seq_len", (
           f"seq_len={cfg.seq_len} is too short for task {name!r}: its longest example "

@@ -30,7 +30,8 @@ from modular.data import vocab
 
 
 def encode_example(prompt: np.ndarray, answer: np.ndarray, task_index: int, *,
-                   seq_len: int, n_symbols: int, task_name: str = "") -> dict[str, np.ndarray]:
+                   seq_len: int, n_symbols: int, task_name: str = "",
+                   prompt_width: int = 0) -> dict[str, np.ndarray]:
   """Encodes one example into model arrays (see module docstring).
 
   Args:
@@ -40,6 +41,8 @@ def encode_example(prompt: np.ndarray, answer: np.ndarray, task_index: int, *,
     seq_len: model sequence length L.
     n_symbols: alphabet size (symbols are range-checked).
     task_name: for error messages.
+    prompt_width: if > 0, the prompt is left-padded with PAD to this width, so
+      SEP sits at position 1 + prompt_width in every example.
 
   Returns:
     ``{"inputs": int32 [L], "targets": int32 [L], "mask": float32 [L],
@@ -50,6 +53,13 @@ def encode_example(prompt: np.ndarray, answer: np.ndarray, task_index: int, *,
   """
   prompt_len, answer_len = len(prompt), len(answer)
   body = vocab.symbols_to_tokens(np.concatenate([prompt, answer]), n_symbols)  # [P + A]
+  if prompt_width:
+    if prompt_len > prompt_width:
+      raise ValueError(f"task {task_name or task_index!r}: prompt of {prompt_len} symbols is "
+                       f"longer than data config key 'prompt_width' = {prompt_width}")
+    pad = np.full(prompt_width - prompt_len, vocab.PAD_ID, body.dtype)
+    body = np.concatenate([pad, body])
+    prompt_len = prompt_width
   n = 2 + prompt_len + answer_len
   if n > seq_len + 1:
     raise ValueError(
@@ -76,9 +86,10 @@ def padding_example(task_index: int, seq_len: int) -> dict[str, np.ndarray]:
 
 
 def _encode_record(record: dict[str, Any], task_index: int, task_name: str,
-                   seq_len: int, n_symbols: int) -> dict[str, np.ndarray]:
+                   seq_len: int, n_symbols: int, prompt_width: int = 0
+                   ) -> dict[str, np.ndarray]:
   return encode_example(record["prompt"], record["answer"], task_index, seq_len=seq_len,
-                        n_symbols=n_symbols, task_name=task_name)
+                        n_symbols=n_symbols, task_name=task_name, prompt_width=prompt_width)
 
 
 class EpochShuffleMapDataset(grain.MapDataset):
@@ -144,7 +155,8 @@ def task_train_dataset(source: Any, task_index: int, task_name: str, cfg: Any, *
     raise ValueError(f"task {task_name!r}: {len(source)} train examples leave shard "
                      f"{shard_index} of {shard_count} empty")
   encode = functools.partial(_encode_record, task_index=task_index, task_name=task_name,
-                             seq_len=cfg.seq_len, n_symbols=cfg.n_symbols)
+                             seq_len=cfg.seq_len, n_symbols=cfg.n_symbols,
+                             prompt_width=config_lib.prompt_width(cfg))
   return EpochShuffleMapDataset(ds, seed=(cfg.seed, task_index)).map(encode)
 
 
@@ -205,7 +217,8 @@ def make_eval_batches(cfg: Any, batch_size: int) -> dict[str, list[dict[str, np.
   for t, name in enumerate(config_lib.task_names(cfg)):
     source = all_sources[name]["test"]
     n = min(cfg.num_eval, len(source))
-    rows = [_encode_record(source[i], t, name, cfg.seq_len, cfg.n_symbols) for i in range(n)]
+    rows = [_encode_record(source[i], t, name, cfg.seq_len, cfg.n_symbols,
+                           config_lib.prompt_width(cfg)) for i in range(n)]
     batches = []
     for start in range(0, n, batch_size):
       chunk = rows[start:start + batch_size]

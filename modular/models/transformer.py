@@ -100,7 +100,7 @@ class Transformer(nnx.Module):
     self.head_dim = cfg.d_model // cfg.num_heads
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
-    self.pos_embed = param(rngs, (cfg.seq_len, cfg.d_model), (None, "embed"), scale=0.1)
+    self.pos_embed = param(rngs, (cfg.seq_len, cfg.d_model), (None, "embed"), scale=1.0)
     self.blocks = nnx.List([
         build_slot("block", slot_args(cfg, i, "block", self.shared), cfg.block, rngs)
         for i in range(cfg.num_layers)])

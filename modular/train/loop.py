@@ -32,6 +32,7 @@ from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel
 from modular.train import checkpoint as ckpt_lib
 from modular.train import sharding as sharding_lib
+from modular.train.batches import to_global, validate_batch
 from modular.train.metrics import MetricsWriter
 from modular.train.optimizer import make_optimizer
 from modular.train.step import init_state, make_eval_step, make_train_step
@@ -103,9 +104,11 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
 
 
 def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """Assembles the process-local batch into one global sharded batch."""
-  return {k: jax.make_array_from_process_local_data(run.batch_sharding, np.asarray(v))
-          for k, v in local.items()}
+  """Checks the process-local batch, then assembles the global sharded batch."""
+  m = run.cfg.model
+  validate_batch(local, batch_size=run.cfg.train.batch_size // jax.process_count(),
+                 seq_len=m.seq_len, num_tasks=m.num_tasks, vocab_size=m.vocab_size)
+  return to_global(local, run.batch_sharding)
 
 
 def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict[str, np.ndarray]:
