@@ -52,7 +52,8 @@ class BottleneckAdapter(nnx.Module):
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     idx = ctx.task_id if self.per_task else jnp.zeros_like(ctx.task_id)
-    h = self.act(jnp.einsum("bld,bdr->blr", x, self.down[...][idx]) + self.down_b[...][idx][:, None])
+    h = jnp.einsum("bld,bdr->blr", x, self.down[...][idx]) + self.down_b[...][idx][:, None]
+    h = self.act(h)
     return x + jnp.einsum("blr,brd->bld", h, self.up[...][idx]) + self.up_b[...][idx][:, None]
 
 
