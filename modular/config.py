@@ -113,6 +113,8 @@ def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
     cfg.model.seq_len = cfg.data.seq_len
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))
+    if "num_tasks" in cfg.mtl:
+      cfg.mtl.num_tasks = cfg.model.num_tasks
   return cfg
 
 

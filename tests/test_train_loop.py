@@ -75,3 +75,18 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_files(tiny_config, tmp_p
   with pytest.raises(CheckpointError, match="checkpoints/10"):
     loop.train(tiny_config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+@pytest.mark.parametrize("method", ["pcgrad", "uncertainty"])
+def test_mtl_method_switches_from_config(tiny_config, tmp_path, method):
+  tiny_config.mtl.method = method
+  tiny_config.train.steps = 10
+  summary = loop.train(tiny_config, str(tmp_path))
+  records = [json.loads(l) for l in open(tmp_path / "telemetry.jsonl")]
+  T = len(summary["tasks"])
+  if method == "pcgrad":  # the gradient-surgery telemetry reaches the log file
+    cos = np.asarray(records[-1]["mtl"]["cosine"])
+    assert cos.shape == (T, T)
+    np.testing.assert_allclose(np.diag(cos)[np.diag(cos) != 0], 1.0, atol=1e-4)
+    assert 0.0 <= records[-1]["mtl"]["conflict_fraction"] <= 1.0
+  assert np.isfinite(records[-1]["objective"])
