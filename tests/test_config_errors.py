@@ -94,3 +94,20 @@ def test_bad_batch_reaches_the_loop_as_a_clear_error(tiny_config):
   b["task_id"][0] = run.cfg.model.num_tasks
   with pytest.raises(BatchError, match="task_id"):
     loop.global_batch(run, b)
+
+
+def test_cli_reports_a_bad_override_in_one_line(tmp_path):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for bad, message in (("--config.train.stepz=3", "config.train.stepz: unknown key"),
+                       ("--config.model.ffn.name=nope", "config.model.ffn.name: unknown 'nope'"),
+                       ("--config.mesh.shape.model=3", "config.mesh.shape")):
+    proc = subprocess.run(
+        [sys.executable, "-m", "modular.cli", "--config", "configs/quickstart.py",
+         "--workdir", str(tmp_path / "run"), bad], cwd=root, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+  assert not (tmp_path / "run").exists()  # nothing was created for a bad config
