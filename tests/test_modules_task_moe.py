@@ -36,7 +36,9 @@ def _np_reference(ffn, x, task, table):
 
 
 @pytest.mark.parametrize("opts,task", [
-    ({"top_k": 2, "temperature": 0.5}, [0, 1, 2, 1]),      # mixed batch: per-example gather
+    ({"top_k": 2, "temperature": 0.5}, [0, 1, 2, 1]),      # mixed batch: sorted chunks
+    ({"top_k": 2, "chunk": 1}, [0, 1, 2, 1, 1]),           # chunk 1: per-example gather
+    ({"top_k": 1, "chunk": 3}, [2, 0, 1, 1, 2, 0, 0]),     # partly filled chunks
     ({"top_k": 2, "temperature": 0.5}, [2, 2, 2, 2]),      # one route: dense fast path
     ({"top_k": 1}, [0, 2, 1, 0]),                          # Switch-style raw probability
     ({"route_mode": "average", "top_k": 1}, [0, 1, 2, 0]),  # stage 1: all experts, 1/E
@@ -54,7 +56,7 @@ def test_task_moe_matches_numpy(opts, task):
     table[t, top] = probs[t, top] / (probs[t, top].sum() if k > 1 else 1.0)
   if opts.get("route_mode") == "average":
     table = np.full_like(probs, 0.25)
-  x = np.random.default_rng(0).normal(size=(4, 5, 8)).astype(np.float32)
+  x = np.random.default_rng(0).normal(size=(len(task), 5, 8)).astype(np.float32)
   y, _, stats = T.call(ffn, jnp.asarray(x), task, 3)
   np.testing.assert_allclose(np.asarray(y), _np_reference(ffn, x, task, table),
                              rtol=1e-4, atol=1e-5)

@@ -108,30 +108,36 @@ def dispatch_combine_masks(route: Route, num_experts: int,
   return dispatch, combine
 
 
+def _flat_slots(route: Route, num_experts: int) -> jax.Array:
+  """[G, S, K] row of every choice in the flat buffer [G * E * C] (dropped: G*E*C)."""
+  g = route.expert.shape[0]
+  c = route.capacity
+  base = (jnp.arange(g, dtype=jnp.int32) * num_experts * c)[:, None, None]
+  slot = base + route.expert * c + route.position
+  return jnp.where(route.kept, slot, g * num_experts * c)
+
+
 def scatter_to_experts(x: jax.Array, route: Route, num_experts: int) -> jax.Array:
   """Index-based dispatch: [G, S, d] -> expert buffers [E, G, C, d].
 
-  Same result as the one-hot einsum, without the [G, S, E, C] tensor.
+  Same result as the one-hot einsum, without the [G, S, E, C] tensor: one scatter of
+  the G*S*K choices into a flat buffer (dropped choices fall outside and vanish).
   """
   g, s, d = x.shape
   k, c = route.expert.shape[-1], route.capacity
-  slot = jnp.where(route.kept, route.expert * c + route.position, num_experts * c)  # [G,S,K]
-  src = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d)).reshape(g, s * k, d)
-
-  def one_group(src_g, slot_g):  # [S*K, d], [S*K]
-    buf = jnp.zeros((num_experts * c, d), x.dtype)
-    return buf.at[slot_g].set(src_g, mode="drop")
-
-  buf = jax.vmap(one_group)(src, slot.reshape(g, s * k))  # [G, E*C, d]
+  slot = _flat_slots(route, num_experts).reshape(-1)  # [G*S*K]
+  src = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d)).reshape(-1, d)
+  buf = jnp.zeros((g * num_experts * c, d), x.dtype).at[slot].set(
+      src, mode="drop")
   return buf.reshape(g, num_experts, c, d).transpose(1, 0, 2, 3)
 
 
 def gather_from_experts(y: jax.Array, route: Route) -> jax.Array:
   """Index-based combine: expert outputs [E, G, C, d] -> [G, S, d] weighted by gates."""
   e, g, c, d = y.shape
-  flat = y.transpose(1, 0, 2, 3).reshape(g, e * c, d)  # [G, E*C, d]
-  slot = jnp.where(route.kept, route.expert * c + route.position, 0)  # [G, S, K]
-  picked = jax.vmap(lambda f, i: f[i])(flat, slot)  # [G, S, K, d]
+  flat = y.transpose(1, 0, 2, 3).reshape(g * e * c, d)
+  slot = _flat_slots(route, e)  # [G, S, K]
+  picked = flat.at[slot].get(mode="fill", fill_value=0)  # [G, S, K, d]
   return jnp.einsum("gskd,gsk->gsd", picked, route.gate.astype(y.dtype))
 
 

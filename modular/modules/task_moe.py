@@ -6,13 +6,15 @@ of an example share it and a task's sub-network can be extracted for inference
 
   y_b = sum_k w[b, k] * FFN_{expert[b, k]}(x_b)
 
-which costs k dense FFNs per token plus a gather of k * (d * f) weights per example.
-When every example of the batch has the same route (a batch from one task, or
+In a batch that mixes routes, the (example, choice) rows are sorted by expert into
+chunks of ``chunk`` examples that start on chunk boundaries, and every chunk runs as
+one matmul with its expert's weights: k dense FFNs per token plus the padding of at
+most E * (chunk - 1) rows (chunk = 1: a per-example weight gather). When every example of the batch has the same route (a batch from one task, or
 inference) the gather is skipped at run time (``lax.cond``) and the k experts run as
 plain dense FFNs. In the averaging stage (or with k = E) all experts run on all tokens.
 
 Config (``model.ffn``, name "task_moe"): the ``TaskRouter`` options plus expert_d_ff
-(0: d_ff // top_k, equal active parameters to the dense FFN).
+(0: d_ff // top_k, equal active parameters to the dense FFN) and chunk (4).
 
 References:
   Kudugunta et al. 2021, "Beyond Distillation: Task-level Mixture-of-Experts for
@@ -33,7 +35,7 @@ from modular.models.slots import FFN, SlotArgs, activation_fn, param
 from modular.modules.options import resolve, slot_key
 from modular.modules.task_router import ROUTER_DEFAULTS, TaskRouter, check_router_options
 
-DEFAULTS = dict(ROUTER_DEFAULTS, expert_d_ff=0)
+DEFAULTS = dict(ROUTER_DEFAULTS, expert_d_ff=0, chunk=4)
 
 
 def take_experts(var: nnx.Param, experts: jax.Array) -> nnx.Param:
@@ -57,6 +59,9 @@ class TaskMoEFFN(nnx.Module):
     self.act = activation_fn(args.activation)
     d, e = args.d_model, o.num_experts
     f = o.expert_d_ff or max(1, args.d_ff // o.top_k)
+    if o.chunk < 1:
+      raise ValueError(f"config.{where}.chunk: must be >= 1, got {o.chunk}")
+    self.chunk = o.chunk
     self.router = TaskRouter(args.num_tasks, o, rngs)
     self.w_in = param(rngs, (e, d, f), ("expert", "embed", "mlp"), scale=d**-0.5)
     self.b_in = param(rngs, (e, f), ("expert", "mlp"), init="zeros")
@@ -70,11 +75,36 @@ class TaskMoEFFN(nnx.Module):
     return jnp.einsum("bled,be->bld", out, weights.astype(x.dtype))
 
   def _per_example(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
-    """Gathers each example's k experts: experts, weights [B, K]."""
-    w_in, w_out = self.w_in[...][experts], self.w_out[...][experts]  # [B, K, d, f], [B, K, f, d]
-    h = self.act(jnp.einsum("bld,bkdf->blkf", x, w_in) + self.b_in[...][experts][:, None])
-    out = jnp.einsum("blkf,bkfd->blkd", h, w_out) + self.b_out[...][experts][:, None]
-    return jnp.einsum("blkd,bk->bld", out, weights.astype(x.dtype))
+    """Mixed routes: rows sorted by expert into chunks of ``chunk`` examples.
+
+    Each (example, choice) row goes to a slot of a buffer in which every expert's rows
+    start on a chunk boundary, so a chunk has one expert: each chunk gathers one
+    expert's weights and runs as one [chunk * L, d] matmul. The buffer holds the
+    worst case, B * K + E * (chunk - 1) rows; chunk = 1 is a per-example gather.
+    """
+    b, length, d = x.shape
+    k, e, c = experts.shape[1], self.w_in.shape[0], self.chunk
+    rows = b * k
+    row_expert = experts.reshape(rows)  # [R]
+    n_chunks = -(-(rows + e * (c - 1)) // c)
+    counts = jnp.bincount(row_expert, length=e)  # [E]
+    padded = (counts + c - 1) // c * c
+    ends = jnp.cumsum(padded)
+    order = jnp.argsort(row_expert, stable=True)
+    sorted_expert = row_expert[order]
+    rank = jnp.arange(rows) - (jnp.cumsum(counts) - counts)[sorted_expert]
+    slot = jnp.zeros((rows,), jnp.int32).at[order].set((ends - padded)[sorted_expert] + rank)
+    src = jnp.repeat(x, k, axis=0) if k > 1 else x  # [R, L, d], row r = example r // K
+    buf = jnp.zeros((n_chunks * c, length, d), x.dtype).at[slot].set(src)
+    buf = buf.reshape(n_chunks, c * length, d)
+    chunk_expert = jnp.minimum(jnp.searchsorted(ends, jnp.arange(n_chunks) * c, side="right"),
+                               e - 1)  # [N]
+    h = jnp.einsum("nmd,ndf->nmf", buf, self.w_in[...][chunk_expert])
+    h = self.act(h + self.b_in[...][chunk_expert][:, None])
+    out = jnp.einsum("nmf,nfd->nmd", h, self.w_out[...][chunk_expert])
+    out = (out + self.b_out[...][chunk_expert][:, None]).reshape(n_chunks * c, length, d)
+    y = out[slot].reshape(b, k, length, d)
+    return jnp.einsum("bkld,bk->bld", y, weights.astype(x.dtype))
 
   def _shared_route(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
     """All examples share the experts of row 0: k dense FFNs, per-example weights."""
