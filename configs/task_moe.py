@@ -6,11 +6,13 @@
       --config.train.steps=300
   modular-train --config configs/task_moe.py --workdir runs/tmoe2
 
-Straight-through Gumbel-softmax routing (top-1); each expert is as wide as the dense
-FFN, so a task's active parameters equal the dense quickstart's. A task's sub-network:
-``modular.modules.task_extract.extract_task(model, task)``. Arguments (comma-separated):
-tiny, average (stage 1), softmax (temperature softmax, top-2), block (experts are whole
-transformer layers).
+Top-1 straight-through routing (the forward pass takes the task's best expert, the
+backward pass the softmax's gradient); the router learns 10x faster than the experts.
+Each expert is as wide as the dense FFN, so a task's active parameters equal the dense
+quickstart's. A task's sub-network: ``modular.modules.task_extract.extract_task``.
+Arguments (comma-separated): tiny, average (stage 1), gumbel (straight-through
+Gumbel-softmax: noisy routes while training), softmax (temperature softmax over the
+top 2), block (experts are whole transformer layers).
 
 References: Ye et al. 2022, "Eliciting and Understanding Cross-Task Skills with
 Task-Level Mixture-of-Experts"; Kudugunta et al. 2021, "Beyond Distillation".
@@ -20,7 +22,7 @@ import os
 
 from modular.overrides import load_config_file
 
-ARGS = ("tiny", "average", "softmax", "block")
+ARGS = ("tiny", "average", "gumbel", "softmax", "block")
 
 
 def get_config(arg=None):
@@ -31,8 +33,11 @@ def get_config(arg=None):
   here = os.path.dirname(os.path.abspath(__file__))
   c = load_config_file(os.path.join(here, "quickstart.py"), "tiny" if "tiny" in args else None)
   c.name = "task_moe"
-  route = {"num_experts": 4, "top_k": 1, "gate": "gumbel", "straight_through": True,
+  route = {"num_experts": 4, "top_k": 1, "gate": "softmax", "straight_through": True,
            "temperature": 1.0, "route_mode": "average" if "average" in args else "learned"}
+  c.optim.lr_multipliers = [["router/(task_embed|kernel)$", 10.0]]
+  if "gumbel" in args:
+    route.update(gate="gumbel")
   if "softmax" in args:
     route.update(gate="softmax", straight_through=False, top_k=2, temperature=0.5)
   if "block" in args:
