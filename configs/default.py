@@ -2,7 +2,7 @@
 
   modular-train --config configs/default.py --workdir runs/default
 
-About 20-30 minutes on a 2-core CPU; minutes on one GPU. For many devices, set the
+About 0.5-1 s a step on a 2-core CPU (30-50 minutes); minutes on one GPU. For many devices, set the
 mesh: ``--config.mesh.shape.data=4 --config.mesh.shape.model=2``.
 """
 
@@ -22,8 +22,8 @@ def get_config(arg=None):
   c.model.d_ff = 512
   c.optim.learning_rate = 1e-3
   c.optim.warmup_steps = 200
-  c.train.steps = 5000
-  c.train.batch_size = 128
+  c.train.steps = 3000
+  c.train.batch_size = 64
   c.train.log_every = 100
   c.train.eval_every = 1000
   c.train.checkpoint_every = 1000
