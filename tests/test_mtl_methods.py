@@ -200,6 +200,28 @@ def test_pcgrad_optax_chain():
   np.testing.assert_allclose(_flat(updates), -0.1 * ref, rtol=RTOL, atol=1e-6)
 
 
+def test_every_factory_composes_with_optax_chain():
+  """The optax form equals combine: chain(method, sgd(1)) returns -combined."""
+  params = jax.tree.map(lambda g: g[0], _grads(CONFLICTING))
+  losses = jnp.asarray([1.0, 2.0, 0.5])
+  pairs = [(mtl.mgda(), mtl.MGDA()), (mtl.cagrad(), mtl.CAGrad()), (mtl.nash_mtl(), mtl.NashMTL()),
+           (mtl.imtl_g(), mtl.IMTLG()), (mtl.aligned_mtl(), mtl.AlignedMTL()),
+           (mtl.mean(), mtl.Mean()), (mtl.gradnorm(3), mtl.GradNorm(3)), (mtl.dwa(3), mtl.DWA(3)),
+           (mtl.uncertainty(3), mtl.Uncertainty(3))]
+  txs = [optax.chain(factory, optax.sgd(1.0)) for factory, _ in pairs]
+
+  @jax.jit
+  def run_all(g):  # one compile for every method
+    via_optax = [tx.update(g, tx.init(params), params, losses=losses)[0] for tx in txs]
+    via_combine = [m.combine(g, m.init(params), losses=losses)[0] for _, m in pairs]
+    return via_optax, via_combine
+
+  via_optax, via_combine = run_all(_grads(CONFLICTING))
+  for (_, m), u, ref in zip(pairs, via_optax, via_combine):
+    np.testing.assert_allclose(_flat(u), -_flat(ref), rtol=1e-5, atol=1e-6, err_msg=m.name)
+  np.testing.assert_allclose(_flat(via_combine[5]), CONFLICTING.mean(0), rtol=1e-5)
+
+
 # ---------------------------------------------------------------- MGDA
 @pytest.mark.parametrize("vectors", [CONFLICTING, ALIGNED, _random(5, 3, 0.5), _random(8, 4, 1.0)],
                          ids=["conflicting", "aligned", "t5", "t8"])
@@ -270,6 +292,36 @@ def test_imtl_g_matches_paper_closed_form(vectors):
   u = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
   proj = u @ _flat(out)
   np.testing.assert_allclose(proj, proj[0], rtol=1e-3)
+
+
+# ---------------------------------------------------------------- Aligned-MTL
+def ref_aligned(g):
+  """Senushkin et al. Alg. 1 with explicit vectors: SVD of the [P, T] gradient matrix."""
+  g = np.asarray(g, np.float64)
+  u, sig, vt = np.linalg.svd(g.T, full_matrices=False)          # g.T = U S V^T
+  keep = sig > sig.max() * 1e-6
+  u, sig, vt = u[:, keep], sig[keep], vt[keep]
+  aligned = sig.min() * u @ vt                                    # [P, T] columns g_hat_i
+  return aligned.sum(1), aligned.T
+
+
+@pytest.mark.parametrize("vectors", [CONFLICTING, ALIGNED, _random(5, 12, 0.5)],
+                         ids=["conflicting", "aligned", "t5"])
+def test_aligned_mtl_matches_svd_reference(vectors):
+  out, _, stats = _combine(mtl.AlignedMTL(), vectors)
+  ref, per_task = ref_aligned(vectors)
+  np.testing.assert_allclose(_flat(out), ref, rtol=1e-3, atol=1e-4)
+  # Aligned components: orthogonal, all with norm sigma_min.
+  np.testing.assert_allclose(stats["norms_after"], np.linalg.norm(per_task, axis=1), rtol=1e-3)
+  gram_hat = per_task @ per_task.T
+  np.testing.assert_allclose(gram_hat, np.eye(len(vectors)) * gram_hat[0, 0], atol=1e-3 * gram_hat[0, 0])
+
+
+def test_aligned_mtl_absent_task():
+  v = np.concatenate([CONFLICTING, 3.0 * _random(1, 13)])
+  out, _, stats = _combine(mtl.AlignedMTL(), v, present=[1, 1, 1, 0])
+  np.testing.assert_allclose(_flat(out), ref_aligned(CONFLICTING)[0], rtol=1e-3, atol=1e-4)
+  assert abs(float(stats["weights"][3])) < 1e-6
 
 
 # ---------------------------------------------------------------- weightings
@@ -348,14 +400,23 @@ def test_build_every_registered_method_and_config_errors():
   cfg = mtl.default_mtl_config()
   cfg.num_tasks = 3
   params = jax.tree.map(lambda g: g[0], _grads(CONFLICTING))
-  for name in mtl.METHODS.names():
+  names = mtl.METHODS.names()
+  methods = []
+  for name in names:
     cfg.method = name
-    method = mtl.build(cfg, params)
-    state = method.init(params)
-    out, _, stats = _combine(method, CONFLICTING, losses=[1.0, 2.0, 3.0], state=state)
+    methods.append(mtl.build(cfg, params))
+    assert methods[-1].needs_task_grads == (name not in ("mean", "equal", "uncertainty", "dwa"))
+  assert {"pcgrad", "mgda", "cagrad", "nashmtl", "imtl_g", "aligned_mtl", "gradnorm", "mean",
+          "uncertainty", "dwa"} <= set(names)
+  losses = jnp.asarray([1.0, 2.0, 3.0])
+  results = jax.jit(lambda g: [m.combine(g, m.init(params), losses=losses) for m in methods])(
+      _grads(CONFLICTING))
+  for name, (out, _, stats) in zip(names, results):
     assert np.isfinite(_flat(out)).all(), name
-    assert stats["cosine"].shape == (3, 3) and stats["norms_after"].shape == (3,)
-    assert method.needs_task_grads == (name not in ("mean", "equal", "uncertainty", "dwa"))
+    assert stats["cosine"].shape == (3, 3) and stats["norms_after"].shape == (3,), name
+    # The update is the stats' weights applied to the original gradients.
+    np.testing.assert_allclose(_flat(out), np.asarray(stats["weights"]) @ CONFLICTING,
+                               rtol=1e-4, atol=1e-5, err_msg=name)
   for key, value, match in [("method", "pcgard", "mtl.method"), ("cagrad_c", -1.0, "mtl.cagrad_c"),
                             ("task_specific", ["("], "mtl.task_specific"),
                             ("mgda_iters", 0, "mtl.mgda_iters")]:

@@ -22,7 +22,8 @@ twice (Gram, combination) and never flattened, so their sharding is kept.
 
 References:
   Yu et al. 2020 (PCGrad); Sener & Koltun 2018 (MGDA); Liu et al. 2021 (CAGrad);
-  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL-G); Chen et al. 2018
+  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL-G); Senushkin et al. 2023
+  (Aligned-MTL); Chen et al. 2018
   (GradNorm); Kendall et al. 2018 (uncertainty weighting); Liu et al. 2019 (DWA).
 """
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from modular.mtl.aligned_mtl import AlignedMTL, aligned_mtl
 from modular.mtl.cagrad import CAGrad, cagrad
 from modular.mtl.config import default_mtl_config, validate_mtl_config
 from modular.mtl.gradnorm import GradNorm, gradnorm
@@ -48,8 +50,8 @@ from modular.mtl.task_grads import per_task_value_and_grad
 from modular.mtl.weighting import DWA, Mean, Uncertainty, dwa, mean, uncertainty
 
 __all__ = [
-    "CAGrad", "DWA", "GradNorm", "IMTLG", "MGDA", "METHODS", "Mean", "Method", "NashMTL",
-    "PCGrad", "Uncertainty", "Weighting", "build", "cagrad", "cosine_matrix",
+    "AlignedMTL", "CAGrad", "DWA", "GradNorm", "IMTLG", "MGDA", "METHODS", "Mean", "Method", "NashMTL",
+    "PCGrad", "Uncertainty", "Weighting", "aligned_mtl", "build", "cagrad", "cosine_matrix",
     "default_mtl_config", "dwa", "gradnorm", "gram_matrix", "imtl_g", "mean", "mgda",
     "nash_mtl", "pcgrad", "per_task_value_and_grad", "rep_value_and_grad",
     "task_specific_mask", "telemetry", "uncertainty", "validate_mtl_config", "weighted_sum",

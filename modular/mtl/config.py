@@ -6,7 +6,7 @@ offending key before anything is compiled.
 
 Keys:
   method: registry name: ``mean`` (default; alias ``equal``), ``pcgrad``, ``mgda``,
-    ``cagrad``, ``nashmtl``, ``imtl_g``, ``gradnorm`` (these need per-task
+    ``cagrad``, ``nashmtl``, ``imtl_g``, ``aligned_mtl``, ``gradnorm`` (these need per-task
     gradients), ``uncertainty``, ``dwa`` (loss weightings).
   num_tasks: T; required (> 0) by the methods with per-task state (``uncertainty``,
     ``dwa``, ``gradnorm``), whose ``init`` raises otherwise; 0 means "not set" (the
@@ -25,7 +25,8 @@ Keys:
 
 References:
   Yu et al. 2020 (PCGrad); Sener & Koltun 2018 (MGDA); Liu et al. 2021 (CAGrad);
-  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL); Chen et al. 2018 (GradNorm);
+  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL); Senushkin et al.
+  2023 (Aligned-MTL); Chen et al. 2018 (GradNorm);
   Kendall et al. 2018 (uncertainty); Liu et al. 2019 (DWA).
 """
 

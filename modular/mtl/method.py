@@ -2,7 +2,7 @@
 
 Two kinds of method share one interface:
 
-* Gram-space methods (PCGrad, MGDA, CAGrad, Nash-MTL, IMTL-G, GradNorm) need the
+* Gram-space methods (PCGrad, MGDA, CAGrad, Nash-MTL, IMTL-G, Aligned-MTL, GradNorm) need the
   per-task gradients ``[T, ...]``. A subclass implements only ``solve``: from the
   ``T x T`` Gram matrix it returns a contribution matrix ``C`` (row ``i`` holds the
   coefficients of task ``i``'s contribution over the original gradients) and the
@@ -45,6 +45,7 @@ METHODS: Registry["Method"] = Registry(
         "modular.mtl.cagrad",
         "modular.mtl.nashmtl",
         "modular.mtl.imtl",
+        "modular.mtl.aligned_mtl",
         "modular.mtl.gradnorm",
     ))
 
