@@ -17,8 +17,8 @@ Keys:
     task-specific and keep their own task's gradient. Default empty: everything is
     shared. Typical: ``["^heads/", "adapter"]``.
   rep_level: surgery on the shared representation instead of the shared
-    parameters (``rep_value_and_grad``; needs a model split into trunk and heads).
-  grad_strategy: ``auto`` / ``vmap`` / ``unroll`` for the ``T`` backward passes.
+    parameters (``rep_value_and_grad``; needs a model split into trunk and heads;
+    read by the training loop, not by the methods).
   mgda_iters, mgda_normalization, cagrad_c, cagrad_iters, cagrad_rescale,
   nashmtl_iters, nashmtl_eps, dwa_temperature, gradnorm_alpha, gradnorm_lr,
   uncertainty_lr, uncertainty_init: per-method hyperparameters (see each file).
@@ -38,7 +38,6 @@ import ml_collections
 
 from modular.mtl.mgda import NORMALIZATIONS
 from modular.mtl.method import METHODS
-from modular.mtl.task_grads import STRATEGIES
 
 def default_mtl_config() -> ml_collections.ConfigDict:
   """Returns the default ``mtl`` config (plain mean over present tasks)."""
@@ -48,7 +47,6 @@ def default_mtl_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.task_specific = []
   c.rep_level = False
-  c.grad_strategy = "auto"
   c.mgda_iters = 250
   c.mgda_normalization = "none"
   c.cagrad_c = 0.4
@@ -89,7 +87,6 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
     except (re.error, TypeError) as e:
       raise ValueError(f"mtl.task_specific: bad regex {pattern!r}: {e}") from None
   _check(isinstance(cfg.rep_level, bool), "rep_level", "must be a bool")
-  _check(cfg.grad_strategy in STRATEGIES, "grad_strategy", f"must be one of {STRATEGIES}")
   for key in ("mgda_iters", "cagrad_iters", "nashmtl_iters"):
     _check(isinstance(cfg[key], int) and cfg[key] >= 1, key, f"must be an int >= 1, got {cfg[key]!r}")
   _check(cfg.mgda_normalization in NORMALIZATIONS, "mgda_normalization",
