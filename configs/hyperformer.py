@@ -4,7 +4,8 @@ and position by one shared hypernetwork.
   modular-train --config configs/hyperformer.py --workdir runs/hyperformer
   modular-train --config configs/hyperformer.py:peft --workdir runs/hyperformer_peft
 
-Arguments (comma-separated): tiny, peft (freeze the backbone: only the hypernetwork
+The hypernetwork learns at 0.1x the backbone's rate. Arguments (comma-separated):
+tiny, peft (freeze the backbone: only the hypernetwork
 trains). Parameters added per task: ``modular.modules.peft.parameter_report``.
 
 References: Karimi Mahabadi et al. 2021, "Parameter-efficient Multi-task Fine-tuning
@@ -31,6 +32,9 @@ def get_config(arg=None):
              "reduction_factor": 8}
   c.model.adapter_attn = adapter
   c.model.adapter_ffn = {"name": "hyperformer"}  # the first adapter's options apply
+  # The generators' many fan-in weights move the generated adapters fast under Adam:
+  # a slower hypernetwork keeps the injected signal small while the backbone learns.
+  c.optim.lr_multipliers = [["/hyper/", 0.1]]
   if "peft" in args:
     c.optim.frozen = frozen_backbone()
   return c

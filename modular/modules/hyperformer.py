@@ -18,7 +18,8 @@ added per task (the paper reports 0.29% per task on T5-base).
 
 Config (``model.adapter_attn`` / ``model.adapter_ffn``, name "hyperformer"):
   task_embed_dim (32), hidden_dim (64), proj_dim (16; 64 in the paper),
-  reduction_factor (8; 32 in the paper), init_std (0.01, generator weights).
+  reduction_factor (8; 32 in the paper), init_std (0.01: generators of the biases and
+  of the layer norm's scale and bias).
 
 References:
   Karimi Mahabadi et al. 2021, "Parameter-efficient Multi-task Fine-tuning for
@@ -64,10 +65,13 @@ class HyperNetwork(nnx.Module):
     self.proj_b1 = param(rngs, (hd,), (None,), init="zeros")
     self.proj_w2 = param(rngs, (hd, pd), (None, None))
     self.proj_b2 = param(rngs, (pd,), (None,), init="zeros")
-    # Generators: proj_dim -> flattened adapter weights.
-    self.gen_down = param(rngs, (pd, d_model * r), (None, None), scale=std)
+    # Generators: proj_dim -> flattened adapter weights. D and U start at the scale of
+    # a fan-in init (z has O(1) entries), so U gelu(D x) is O(1) and the layer norm
+    # after it is well conditioned; the norm's generated scale and bias start near 0,
+    # so the adapter starts near the identity.
+    self.gen_down = param(rngs, (pd, d_model * r), (None, None), scale=(pd * d_model) ** -0.5)
     self.gen_down_b = param(rngs, (pd, r), (None, None), scale=std)
-    self.gen_up = param(rngs, (pd, r * d_model), (None, None), scale=std)
+    self.gen_up = param(rngs, (pd, r * d_model), (None, None), scale=(pd * r) ** -0.5)
     self.gen_up_b = param(rngs, (pd, d_model), (None, None), scale=std)
     self.gen_scale = param(rngs, (pd, d_model), (None, None), scale=std)
     self.gen_bias = param(rngs, (pd, d_model), (None, None), scale=std)
