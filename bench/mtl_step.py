@@ -11,9 +11,9 @@ background load on a shared machine hits them alike. Timed:
 * ``summed`` the plain summed-loss step (one backward);
 * ``naive`` per-task gradients from T separate ``jax.grad`` calls (one dispatch
   each), then PCGrad;
-* PCGrad's full step (per-task gradients in one pass, combine, Adam) with both
-  pull-back strategies (``vmap`` / ``unroll``), and every method's full step at the
-  T values of ``--methods-at`` (default 8);
+* PCGrad's full step (per-task gradients in one pass, combine, Adam); at the T
+  values of ``--methods-at`` (default 8) also every method's full step and PCGrad
+  with the other pull-back strategy (``unroll``);
 * representation-level PCGrad and MGDA (``rep_value_and_grad``);
 * the Gram-space work alone (the T x T solve) and the combine (Gram + solve +
   weighted sum) from precomputed gradients;
@@ -205,13 +205,14 @@ def build_fns(num_tasks, step_methods, libmtl):
 
   fns["naive_pcgrad"] = (naive, (params, opt_state, pc.init(params), *data))
 
-  other = "vmap" if resolve_strategy("auto") == "unroll" else "unroll"
   fns["pcgrad"] = (make_step(pc, tx), (params, opt_state, pc.init(params), *data))
-  fns[f"pcgrad_{other}"] = (make_step(pc, tx, other), (params, opt_state, pc.init(params), *data))
   for name in step_methods:
     if name != "pcgrad":
       m = mtl.build(_with(cfg, method=name), params)
       fns[name] = (make_step(m, tx), (params, opt_state, m.init(params), *data))
+  if len(step_methods) > 1:  # the pull-back strategy "auto" did not pick, for comparison
+    other = "vmap" if resolve_strategy("auto") == "unroll" else "unroll"
+    fns[f"pcgrad_{other}"] = (make_step(pc, tx, other), (params, opt_state, pc.init(params), *data))
   for name in ("pcgrad", "mgda"):
     m = mtl.build(_with(cfg, method=name), params)
     fns[f"rep_{name}"] = (make_rep_step(m, tx), (params, opt_state, m.init(params), *data))
@@ -235,8 +236,8 @@ def build_fns(num_tasks, step_methods, libmtl):
       torch.manual_seed(0)
       _, _, step = build_libmtl_pcgrad(num_tasks, **{k: SIZES[k] for k in (
           "vocab", "seq", "d_model", "num_heads", "d_ff", "num_layers", "num_classes")})
-      fns["libmtl_pcgrad"] = (step, (torch.as_tensor(np.asarray(tokens), dtype=torch.long),
-                                     torch.as_tensor(np.asarray(labels), dtype=torch.long)))
+      fns["libmtl_pcgrad"] = (step, (torch.as_tensor(np.array(tokens), dtype=torch.long),
+                                     torch.as_tensor(np.array(labels), dtype=torch.long)))
     except ImportError as e:
       fns["libmtl_error"] = f"{type(e).__name__}: {e}"
   return fns

@@ -134,8 +134,9 @@ def test_task_specific_paths_nested():
 def test_pcgrad_two_tasks_exact_and_order_free():
   v = CONFLICTING[:2]
   ref, _ = ref_pcgrad(v, [[1], [0]])
-  for seed in range(3):
+  for seed in (0, np.int64(1), jax.random.key(2)):
     state = mtl.PCGrad(seed).init(None)
+    assert state.key.shape == (2,) and state.key.dtype == jnp.uint32
     out, _, stats = _combine(PCGRAD, v, state=state)
     np.testing.assert_allclose(_flat(out), ref, rtol=RTOL, atol=1e-6)
   assert float(stats["conflict_fraction"]) == 1.0
@@ -326,10 +327,12 @@ def test_aligned_mtl_absent_task():
 
 # ---------------------------------------------------------------- weightings
 def test_mean_over_present():
-  m = mtl.Mean()
+  m = mtl.Mean(task_specific=["^head$"])
   np.testing.assert_allclose(m.loss_weights(None, jnp.asarray([1.0, 0.0, 1.0])), [0.5, 0.0, 0.5])
-  out, _, _ = _combine(m, CONFLICTING, present=[1, 1, 0])
+  out, _, _ = _combine(m, CONFLICTING, present=[1, 1, 0], head=np.diag([2.0, 4.0, 0.0]))
   np.testing.assert_allclose(_flat(out), CONFLICTING[:2].mean(0), rtol=RTOL)
+  # A weighting scales heads like the loop's sum_t w_t L_t would: w_t times their gradient.
+  np.testing.assert_allclose(out["head"], [1.0, 2.0, 0.0], rtol=RTOL)
 
 
 def test_uncertainty_closed_form():

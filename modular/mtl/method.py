@@ -61,6 +61,10 @@ class Method:
 
   name: str = "method"
   needs_task_grads: bool = True
+  # Task-specific leaves get sum_t g_t (False: each head its own unweighted gradient,
+  # as LibMTL's gradient methods) or sum_t w_t g_t (True: the loss weightings, whose
+  # loop path differentiates sum_t w_t L_t).
+  weight_task_specific: bool = False
 
   def __init__(self, task_specific: Sequence[str] = (), num_tasks: int = 0):
     self.task_specific = tuple(task_specific)
@@ -123,7 +127,8 @@ class Method:
     contrib = contrib * present[:, None] * present[None, :]
     stats = gram_lib.telemetry(gram, contrib, present)
     stats.update(extra)
-    grads = gram_lib.weighted_sum(task_grads, stats["weights"], mask)
+    specific = stats["weights"] if self.weight_task_specific else None
+    grads = gram_lib.weighted_sum(task_grads, stats["weights"], mask, specific)
     return grads, state, stats
 
   # -- loss-weighting path -----------------------------------------------------
@@ -161,6 +166,7 @@ class Weighting(Method):
 
   needs_task_grads = False
   needs_losses = True
+  weight_task_specific = True
 
   def solve(self, gram, state, losses, present):
     del gram

@@ -36,10 +36,11 @@ class PCGradState(NamedTuple):
 
 
 def _key_data(seed_or_key: int | jax.Array) -> jax.Array:
-  if isinstance(seed_or_key, int):
-    return jax.random.key_data(jax.random.key(seed_or_key))
-  if jnp.issubdtype(seed_or_key.dtype, jax.dtypes.prng_key):
+  """Raw uint32 key data from an int seed, a typed key or raw key data."""
+  if jnp.issubdtype(jnp.result_type(seed_or_key), jax.dtypes.prng_key):
     return jax.random.key_data(seed_or_key)
+  if jnp.ndim(seed_or_key) == 0:
+    return jax.random.key_data(jax.random.key(int(seed_or_key)))
   return jnp.asarray(seed_or_key, jnp.uint32)
 
 
