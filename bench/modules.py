@@ -12,8 +12,9 @@ Cases:
   moe_top2_e8_{einsum,scatter}   top-2 of 8 experts (d_ff 128 each) vs the dense FFN
                                  (d_ff 256): equal active parameters per token
   task_moe_{mixed,one_task,average}  task-level top-1 of 4 experts (d_ff 256 each) vs
-                                 the dense FFN: a mixed batch (per-example gather), a
-                                 single-task batch (shared route), the averaging stage
+                                 the dense FFN: a mixed batch (expert-sorted chunks of
+                                 4 examples; chunk 1 and 8 as variants), a single-task
+                                 batch (shared route), the averaging stage
   task_moe_block                 4 whole blocks, top-1 per task, vs one standard block
   block+{bottleneck,hyperformer,lora,polytropon,polytropon_mhr}  a block with the
                                  module vs the plain block (adapter overhead)
@@ -127,6 +128,9 @@ def main(argv=None) -> dict:
   results.append(compare("task_moe_mixed", _layer("ffn", tmoe), dense, x, mixed, repeats))
   results.append(compare("task_moe_one_task", _layer("ffn", tmoe), dense, x, one_task, repeats))
   if not a.quick:
+    for chunk in (1, 8):  # 1: per-example weight gather
+      results.append(compare(f"task_moe_mixed_chunk{chunk}", _layer("ffn", dict(tmoe, chunk=chunk)),
+                             dense, x, mixed, repeats))
     results.append(compare("task_moe_average", _layer("ffn", dict(tmoe, route_mode="average")),
                            dense, x, mixed, repeats))
     results.append(compare("task_moe_block", _layer(

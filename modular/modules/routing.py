@@ -108,36 +108,38 @@ def dispatch_combine_masks(route: Route, num_experts: int,
   return dispatch, combine
 
 
-def _flat_slots(route: Route, num_experts: int) -> jax.Array:
-  """[G, S, K] row of every choice in the flat buffer [G * E * C] (dropped: G*E*C)."""
-  g = route.expert.shape[0]
+def _slots(route: Route, num_experts: int) -> jax.Array:
+  """[G, S, K] row of every choice in its group's buffer [E * C] (dropped: E * C)."""
   c = route.capacity
-  base = (jnp.arange(g, dtype=jnp.int32) * num_experts * c)[:, None, None]
-  slot = base + route.expert * c + route.position
-  return jnp.where(route.kept, slot, g * num_experts * c)
+  return jnp.where(route.kept, route.expert * c + route.position, num_experts * c)
 
 
 def scatter_to_experts(x: jax.Array, route: Route, num_experts: int) -> jax.Array:
   """Index-based dispatch: [G, S, d] -> expert buffers [E, G, C, d].
 
-  Same result as the one-hot einsum, without the [G, S, E, C] tensor: one scatter of
-  the G*S*K choices into a flat buffer (dropped choices fall outside and vanish).
+  Same result as the one-hot einsum, without the [G, S, E, C] tensor: each group
+  scatters its S*K choices into its own buffer (dropped choices fall outside and
+  vanish). The group axis stays a batch axis, so a batch-sharded G and an
+  expert-sharded E meet in an all-to-all.
   """
   g, s, d = x.shape
   k, c = route.expert.shape[-1], route.capacity
-  slot = _flat_slots(route, num_experts).reshape(-1)  # [G*S*K]
-  src = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d)).reshape(-1, d)
-  buf = jnp.zeros((g * num_experts * c, d), x.dtype).at[slot].set(
-      src, mode="drop")
+  slot = _slots(route, num_experts).reshape(g, s * k)
+  src = jnp.broadcast_to(x[:, :, None, :], (g, s, k, d)).reshape(g, s * k, d)
+
+  def one_group(src_g, slot_g):  # [S*K, d], [S*K] -> [E*C, d]
+    return jnp.zeros((num_experts * c, d), x.dtype).at[slot_g].set(src_g, mode="drop")
+
+  buf = jax.vmap(one_group)(src, slot)  # [G, E*C, d]
   return buf.reshape(g, num_experts, c, d).transpose(1, 0, 2, 3)
 
 
 def gather_from_experts(y: jax.Array, route: Route) -> jax.Array:
   """Index-based combine: expert outputs [E, G, C, d] -> [G, S, d] weighted by gates."""
   e, g, c, d = y.shape
-  flat = y.transpose(1, 0, 2, 3).reshape(g * e * c, d)
-  slot = _flat_slots(route, e)  # [G, S, K]
-  picked = flat.at[slot].get(mode="fill", fill_value=0)  # [G, S, K, d]
+  flat = y.transpose(1, 0, 2, 3).reshape(g, e * c, d)  # [G, E*C, d]
+  slot = _slots(route, e)  # [G, S, K]
+  picked = jax.vmap(lambda f, i: f.at[i].get(mode="fill", fill_value=0))(flat, slot)
   return jnp.einsum("gskd,gsk->gsd", picked, route.gate.astype(y.dtype))
 
 
