@@ -62,11 +62,11 @@ class Analysis:
 
 
 def analyze_model(fm: FunctionalModel, params: Params, eval_data: Any,
-                  task_names: Sequence[str] | None = None, *, batch_size: int = 256,
+                  task_names: Sequence[str] | None = None, *, batch_size: int = 64,
                   max_batches_per_task: int | None = None, top_k: int | None = None,
                   threshold: float | None = None, neuron_k: float = 0.9,
                   modes: Sequence[str] = MODES, pad_id: int | None = PAD_ID,
-                  ablation_chunk: int | None = None) -> Analysis:
+                  ablation_chunk: int | None | str = "auto") -> Analysis:
   """Head importance, ablation, head reuse, neuron specialization and routing.
 
   Args:
@@ -74,7 +74,8 @@ def analyze_model(fm: FunctionalModel, params: Params, eval_data: Any,
     params: its parameters (sharded or not).
     eval_data: a batch, a list of batches, or ``{task: [batch, ...]}``.
     task_names: T names (default: the dict's keys, or "task0"...).
-    batch_size: examples per analysis batch.
+    batch_size: examples per analysis batch (64 keeps a 2-core CPU in cache; larger
+      batches suit accelerators).
     max_batches_per_task: cap on each task's evaluation batches.
     top_k: important heads per task for reuse (default a quarter of the heads);
       ignored when ``threshold`` is given.
@@ -83,7 +84,7 @@ def analyze_model(fm: FunctionalModel, params: Params, eval_data: Any,
     neuron_k: cumulative threshold of neuron specialization.
     modes: ablation modes to run (empty: skip ablation).
     pad_id: padding token excluded from means and neuron counts.
-    ablation_chunk: patterns per vmapped step (memory bound).
+    ablation_chunk: patterns per vmapped step ("auto": ``ablation.default_chunk``).
 
   Returns:
     An ``Analysis``.

@@ -230,7 +230,7 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
 
 def write_report(workdir: str, out_dir: str | None = None, *, step: int | None = None,
                  max_eval_batches: int | None = 1, eval_batch_size: int = 64,
-                 batch_size: int = 256, top_k: int | None = None,
+                 batch_size: int = 64, top_k: int | None = None,
                  threshold: float | None = None, neuron_k: float = 0.9) -> str:
   """Writes the analysis report of a run folder.
 
