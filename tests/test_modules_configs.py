@@ -13,7 +13,7 @@ from modular.objective import FunctionalModel, task_loss_vector
 from modular.overrides import load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["moe", "moe:task_aware", "task_moe", "task_moe:average,gumbel", "task_moe:softmax,block",
+CONFIGS = ["moe", "moe:task_aware", "task_moe", "task_moe:average,gumbel", "task_moe:top1,block",
            "mmoe", "mmoe:ple", "hyperformer", "hyperformer:peft", "polytropon",
            "polytropon:mhr,per_layer", "lora:peft", "adapters"]
 
