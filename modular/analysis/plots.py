@@ -31,12 +31,15 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def _annotate(ax, matrix: np.ndarray, fmt: str = "{:.2f}", max_cells: int = 144) -> None:
+def _annotate(ax, im, matrix: np.ndarray, fmt: str = "{:.2f}", max_cells: int = 144) -> None:
+  """Writes each cell's value, white on dark cells and black on light ones."""
   if matrix.size > max_cells:
     return
   for (i, j), v in np.ndenumerate(matrix):
     if np.isfinite(v):
-      ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7)
+      r, g, b, _ = im.cmap(im.norm(v))
+      color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+      ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=7, color=color)
 
 
 def head_heatmap(scores: np.ndarray, task_names: Sequence[str], title: str, path: str,
@@ -80,7 +83,7 @@ def task_matrix(matrix: np.ndarray, task_names: Sequence[str], title: str, path:
   im = ax.imshow(np.ma.masked_invalid(matrix), vmin=vmin, vmax=vmax, cmap=cmap)
   ax.set_xticks(range(t), task_names, rotation=90, fontsize=8)
   ax.set_yticks(range(t), task_names, fontsize=8)
-  _annotate(ax, matrix)
+  _annotate(ax, im, matrix)
   ax.set_title(title, fontsize=10)
   fig.colorbar(im, ax=ax, fraction=0.04)
   return _save(fig, path)
@@ -97,10 +100,10 @@ def layer_matrices(matrices: np.ndarray, task_names: Sequence[str], title: str, 
     im = ax.imshow(np.ma.masked_invalid(matrices[l]), vmin=vmin, vmax=vmax, cmap=cmap)
     ax.set_xticks(range(t), task_names, rotation=90, fontsize=7)
     ax.set_yticks(range(t), task_names if l == 0 else [], fontsize=7)
-    _annotate(ax, matrices[l])
+    _annotate(ax, im, matrices[l])
     ax.set_title(layer_names[l], fontsize=9)
-  fig.suptitle(title, fontsize=10)
   fig.colorbar(im, ax=list(axes[0]), fraction=0.02)
+  fig.suptitle(title, fontsize=10, y=min(0.99, axes[0][0].get_position().y1 + 0.12))
   return _save(fig, path)
 
 
@@ -174,22 +177,27 @@ def cosine_over_training(steps: np.ndarray, cosine: np.ndarray, task_names: Sequ
   """
   s, t, _ = cosine.shape
   idx = np.unique(np.linspace(0, s - 1, min(snapshots, s)).round().astype(int))
-  fig, axes = plt.subplots(1, len(idx) + 1, figsize=(3.2 * (len(idx) + 1) + 1, 3.4),
-                           squeeze=False)
-  for ax, i in zip(axes[0], idx):
+  n = len(idx)
+  fig = plt.figure(figsize=(3.0 * n + 5.5, 3.4))
+  grid = fig.add_gridspec(1, n + 3, width_ratios=[1] * n + [0.06, 0.3, 1.6], wspace=0.35)
+  for k, i in enumerate(idx):
+    ax = fig.add_subplot(grid[0, k])
     im = ax.imshow(cosine[i], vmin=-1, vmax=1, cmap="RdBu")
     ax.set_title(f"step {int(steps[i])}", fontsize=9)
     ax.set_xticks(range(t), task_names, rotation=90, fontsize=6)
-    ax.set_yticks(range(t), task_names if i == idx[0] else [], fontsize=6)
-  fig.colorbar(im, ax=list(axes[0][:-1]), fraction=0.02)
-  ax = axes[0][-1]
-  for a in range(t):
-    for b in range(a + 1, t):
-      ax.plot(steps, cosine[:, a, b], lw=0.8, alpha=0.7)
+    ax.set_yticks(range(t), task_names if k == 0 else [], fontsize=6)
+  fig.colorbar(im, cax=fig.add_subplot(grid[0, n]))
+  ax = fig.add_subplot(grid[0, n + 2])
+  pairs = [(a, b) for a in range(t) for b in range(a + 1, t)]
+  for a, b in pairs:
+    ax.plot(steps, cosine[:, a, b], lw=0.9, alpha=0.8,
+            label=f"{task_names[a]} / {task_names[b]}" if len(pairs) <= 10 else None)
   if conflict_fraction is not None and np.isfinite(conflict_fraction).any():
     ax.plot(steps, conflict_fraction, color="black", lw=2, label="conflict fraction")
-    ax.legend(fontsize=7)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
   ax.axhline(0, color="gray", lw=0.5)
+  ax.set_ylim(-1.05, 1.05)
   ax.set_xlabel("step")
   ax.set_title("pairwise gradient cosine", fontsize=9)
   return _save(fig, path)
