@@ -17,6 +17,7 @@ CODE = r"""
 import json
 import jax
 import numpy as np
+from flax import nnx
 from modular import config as config_lib
 from modular.analysis import (ablation_matrices, gradient_head_importance, prepare_batches,
                               synthetic_batches)
@@ -28,7 +29,11 @@ cfg = config_lib.get_base_config()
 for k, v in dict(d_model=16, num_heads=2, num_layers=2, d_ff=32, vocab_size=24, seq_len=8,
                  num_tasks=3).items():
   cfg.model[k] = v
-fm, params, axes = FunctionalModel.split(build_model(cfg.model, 0))
+# the graph without eager initialization (seconds of op compilation), then random values
+fm, shapes, axes = FunctionalModel.split(nnx.eval_shape(lambda: build_model(cfg.model, 0)))
+rng = np.random.default_rng(0)
+params = jax.tree.map(lambda s: (rng.normal(size=s.shape) / np.sqrt(s.shape[0])).astype(np.float32)
+                      if len(s.shape) > 1 else np.ones(s.shape, np.float32), shapes)
 cfg.mesh.shape.update({"data": 1, "fsdp": 2, "model": 2, "expert": 1})
 mesh = make_mesh(cfg)  # the training loop's mesh (Auto axis types)
 sharded = jax.device_put(params, param_shardings(params, axes, cfg, mesh))
