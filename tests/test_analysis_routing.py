@@ -77,11 +77,14 @@ def test_clustering_matches_naive_average_linkage_and_finds_families():
 def test_route_matrices_selects_task_by_choice_stats():
   stats = {"block0/ffn/task_expert_usage": np.ones((3, 4)),
            "block0/adapter_ffn/allocation": np.ones((3, 6)),
+           "polytropon/task_skill": np.ones((3, 5)),
+           "polytropon/skill_entropy": np.ones(()),
            "block0/ffn/expert_load": np.ones(4),  # [E]: not per task
            "block0/ffn/routing_entropy": np.ones(()),
            "block0/ffn/something": np.ones((3, 4))}  # not a routing name
   assert set(routing.route_matrices(stats, 3)) == {"block0/ffn/task_expert_usage",
-                                                   "block0/adapter_ffn/allocation"}
+                                                   "block0/adapter_ffn/allocation",
+                                                   "polytropon/task_skill"}
 
 
 def test_router_statistics_are_task_weighted_means_over_batches():

@@ -58,6 +58,10 @@ def _float(v: float) -> float | None:
   return v if np.isfinite(v) else None
 
 
+def _choice_label(name: str) -> str:
+  return "skill" if ("alloc" in name or "skill" in name) else "expert"
+
+
 def _figures(a: Analysis, out: str) -> list[tuple[str, str, str]]:
   """Draws the model figures; returns (section, caption, file) triples."""
   names, figs = a.task_names, []
@@ -107,7 +111,7 @@ def _figures(a: Analysis, out: str) -> list[tuple[str, str, str]]:
     add("Routing (evaluation data)", f"{name}: usage per task, tasks clustered by route",
         plots.routing_figure(r.matrix, r.linkage, names, name,
                              os.path.join(out, f"routing_eval_{safe}.png"),
-                             xlabel="skill" if "alloc" in name else "expert"))
+                             xlabel=_choice_label(name)))
   return figs
 
 
@@ -126,7 +130,7 @@ def _telemetry_figures(records: list[dict], names: list[str], out: str
                  os.path.basename(plots.routing_figure(
                      r.matrix, r.linkage, names, f"{name} (step {int(series[name]['steps'][-1])})",
                      os.path.join(out, f"routing_train_{safe}.png"),
-                     xlabel="skill" if "alloc" in name else "expert"))))
+                     xlabel=_choice_label(name)))))
     ent = entropy_over_training(series[name]["values"])
     figs.append(("Routing (training telemetry)", f"{name}: per-task entropy over training",
                  os.path.basename(plots.entropy_curves(

@@ -2,8 +2,9 @@
 
 Routing modules record task-level statistics as [T, K] matrices in ``ctx.stats``
 (the loop logs them to ``telemetry.jsonl``): a task x expert usage matrix for
-mixtures of experts (``block0/ffn/usage``), a task x skill allocation for Polytropon
-(``block0/adapter_ffn/allocation``). For each such matrix M:
+mixtures of experts (``block0/ffn/task_expert_usage``), a task x skill allocation for
+Polytropon (``block0/ffn/task_skill``, or ``polytropon/task_skill`` when shared by all
+layers). For each such matrix M:
 
   route      r_t = M[t] / sum_k M[t, k]            (each task's distribution)
   entropy    H_t = -sum_k r_t,k log r_t,k            (nats; normalized by log K too)
@@ -28,7 +29,8 @@ import numpy as np
 from scipy.cluster import hierarchy
 from scipy.spatial import distance
 
-ROUTE_NAME = re.compile(r"(usage|allocation|route|routing|gate|gates|probs|weights|load)$")
+ROUTE_NAME = re.compile(r"(usage|allocation|skill|skills|route|routes|routing|gate|gates|probs|"
+                        r"weights|load)$")
 
 
 @dataclasses.dataclass
@@ -67,7 +69,7 @@ def route_matrices(stats: Mapping[str, np.ndarray], num_tasks: int) -> dict[str,
 
   Returns:
     {name: [T, K]} for 2-D statistics with T rows whose name ends in a routing word
-    (usage, allocation, route(s), gate(s), probs, weights, load).
+    (usage, allocation, skill(s), route(s), routing, gate(s), probs, weights, load).
   """
   out = {}
   for name, value in stats.items():
