@@ -5,8 +5,9 @@ by its mean over the data (``o = xi o + (1 - xi) m`` with m from
 ``activations.collect_activations``). All NL x H heads, both modes and the
 unablated baseline are one jit-compiled call per batch: for each layer l, the
 patterns that change layer l's gates and means are vmapped (in chunks with
-``lax.map`` when memory asks for it), and each pattern's forward pass reports every
-task's loss and accuracy at once, since one batch holds every task.
+``lax.map``: on CPU one pattern per step by default, which keeps the working set in
+cache), and each pattern's forward pass reports every task's loss and accuracy at
+once, since one batch holds every task.
 
 Only layer l's gates are batched in layer l's vmap (``PerLayer``), so the layers
 below l, and layer l's attention weights, are computed once and shared by its
