@@ -3,8 +3,10 @@
 For each number of tasks T (default 2, 4, 8, 16) on a 2-layer transformer (d 128,
 0.4M shared parameters, batch 64 x 32, one linear head per task) it times:
 
-All configurations of one T are timed round-robin (min and median over rounds), so
-background load on a shared machine hits them alike. Timed:
+All configurations of one T are compiled ahead of time, then timed round-robin (min
+and median over rounds), so background load on a shared machine hits them alike;
+XLA's cost analysis (GFLOP, GB accessed) of every compiled program is recorded too,
+a load-independent check of the same ratios. Timed:
 
 * ``fwd`` one forward pass of the [T] loss vector, ``bwd`` one backward pass from
   saved residuals; ``ideal = fwd + T * bwd``;
@@ -118,7 +120,7 @@ def round_robin(fns, reps):
     ``{name: (min_ms, median_ms)}``.
   """
   for fn, args in fns.values():
-    _block(fn(*args))                                      # compile + warm up
+    _block(fn(*args))                                      # warm up
   times = {k: [] for k in fns}
   for _ in range(reps):
     for name, (fn, args) in fns.items():
@@ -130,6 +132,26 @@ def round_robin(fns, reps):
 
 def _block(x):
   return jax.block_until_ready(x) if not hasattr(x, "detach") else x
+
+
+def compile_all(fns):
+  """Compiles every jitted entry ahead of time; returns the load-independent costs.
+
+  XLA's cost analysis (FLOPs, bytes accessed) of each compiled program does not
+  depend on what else runs on the machine, unlike its wall time.
+
+  Returns:
+    ``(fns with compiled executables, {name: {"gflop": .., "gbyte": ..}}, compile_s)``.
+  """
+  out, costs, t0 = {}, {}, time.perf_counter()
+  for name, (fn, args) in fns.items():
+    if hasattr(fn, "lower"):
+      fn = fn.lower(*args).compile()
+      c = fn.cost_analysis()
+      c = c[0] if isinstance(c, list) else c
+      costs[name] = {"gflop": c.get("flops", 0.0) / 1e9, "gbyte": c.get("bytes accessed", 0.0) / 1e9}
+    out[name] = (fn, args)
+  return out, costs, time.perf_counter() - t0
 
 
 def make_step(method, tx, strategy="auto"):
@@ -164,7 +186,7 @@ def _with(cfg, **kw):
   return c
 
 
-def build_fns(num_tasks, step_methods, libmtl):
+def build_fns(num_tasks, step_methods, libmtl, combine_methods=METHODS):
   """Every configuration timed for one T: ``name -> (callable, args)``."""
   params = init_params(jax.random.key(0), num_tasks, **SIZES)
   r = np.random.default_rng(num_tasks)
@@ -223,7 +245,7 @@ def build_fns(num_tasks, step_methods, libmtl):
   mask = gram_lib.task_specific_mask(task_grads, cfg.task_specific)
   gram = jax.jit(lambda g: gram_lib.gram_matrix(g, mask))(task_grads)
   present = jnp.ones((num_tasks,))
-  for name in METHODS:
+  for name in combine_methods:
     m = mtl.build(_with(cfg, method=name), params)
     fns[f"{name}_combine"] = (jax.jit(lambda g, s, l, m=m: m.combine(g, s, losses=l)[0]),
                               (task_grads, m.init(params), losses))
@@ -243,28 +265,39 @@ def build_fns(num_tasks, step_methods, libmtl):
   return fns
 
 
-def bench(num_tasks, reps, step_methods, libmtl):
+def bench(num_tasks, reps, step_methods, libmtl, combine_methods=METHODS):
   """All timings for one T: ``<name>_ms`` (min over rounds) and ``<name>_median_ms``."""
-  fns = build_fns(num_tasks, step_methods, libmtl)
+  fns = build_fns(num_tasks, step_methods, libmtl, combine_methods)
   res = {"T": num_tasks}
   if isinstance(fns.get("libmtl_error"), str):
     res["libmtl_error"] = fns.pop("libmtl_error")
+  fns, costs, res["compile_s"] = compile_all(fns)
   for name, (best, med) in round_robin(fns, reps).items():
     res[f"{name}_ms"], res[f"{name}_median_ms"] = best, med
+  for name, c in costs.items():
+    res[f"{name}_gflop"], res[f"{name}_gbyte"] = c["gflop"], c["gbyte"]
   res["ideal_ms"] = res["fwd_ms"] + num_tasks * res["bwd_ms"]
+  res["ideal_median_ms"] = res["fwd_median_ms"] + num_tasks * res["bwd_median_ms"]
+  res["ideal_gflop"] = res["fwd_gflop"] + num_tasks * res["bwd_gflop"]
+  res["ideal_gbyte"] = res["fwd_gbyte"] + num_tasks * res["bwd_gbyte"]
   return res
 
 
 def ratios(r):
   """Adds the ratios the issue's targets are stated in."""
   out = {"pcgrad_over_ideal": r["pcgrad_ms"] / r["ideal_ms"],
+         "pcgrad_over_ideal_median": r["pcgrad_median_ms"] / r["ideal_median_ms"],
+         "pcgrad_gflop_over_ideal": r["pcgrad_gflop"] / r["ideal_gflop"],
+         "pcgrad_gbyte_over_ideal": r["pcgrad_gbyte"] / r["ideal_gbyte"],
          "pcgrad_over_summed": r["pcgrad_ms"] / r["summed_ms"],
          "naive_over_pcgrad": r["naive_pcgrad_ms"] / r["pcgrad_ms"],
          "rep_pcgrad_over_summed": r["rep_pcgrad_ms"] / r["summed_ms"],
          "rep_mgda_over_summed": r["rep_mgda_ms"] / r["summed_ms"],
          # Every method shares PCGrad's per-task gradient cost: fractions of that step.
-         "gram_space_fraction_max": max(r[f"{m}_gram_space_ms"] for m in METHODS) / r["pcgrad_ms"],
-         "combine_fraction_max": max(r[f"{m}_combine_ms"] for m in METHODS) / r["pcgrad_ms"]}
+         "gram_space_fraction_max": max(r[k] for k in r if k.endswith("_gram_space_ms"))
+                                    / r["pcgrad_ms"],
+         "combine_fraction_max": max(r[k] for k in r if k.endswith("_combine_ms"))
+                                 / r["pcgrad_ms"]}
   for m in METHODS:
     if f"{m}_ms" in r:
       out[f"{m}_over_ideal"] = r[f"{m}_ms"] / r["ideal_ms"]
@@ -280,18 +313,20 @@ def main(argv=None):
   parser.add_argument("--methods-at", default="8",
                       help="T values at which every method's full step is timed "
                            "(elsewhere PCGrad only; combine and Gram-space times always)")
-  parser.add_argument("--quick", action="store_true", help="T in {2, 8}, 2 rounds, PCGrad only")
+  parser.add_argument("--quick", action="store_true",
+                      help="T = 4 only, 2 rounds, PCGrad/MGDA only (a smoke run)")
   parser.add_argument("--no-libmtl", action="store_true", help="skip the PyTorch side")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                     "results", "mtl_step.json"))
   args = parser.parse_args(argv)
-  tasks = [2, 8] if args.quick else [int(t) for t in args.tasks.split(",")]
+  tasks = [4] if args.quick else [int(t) for t in args.tasks.split(",")]
   reps = 2 if args.quick else args.reps
   methods_at = set() if args.quick else {int(t) for t in args.methods_at.split(",") if t}
   rows, t_start = [], time.perf_counter()
   for num_tasks in tasks:
     step_methods = METHODS if num_tasks in methods_at else ("pcgrad",)
-    r = bench(num_tasks, reps, step_methods, libmtl=not args.no_libmtl)
+    r = bench(num_tasks, reps, step_methods, libmtl=not args.no_libmtl,
+              combine_methods=("pcgrad", "mgda") if args.quick else METHODS)
     r.update(ratios(r))
     rows.append(r)
     print(f"T={num_tasks} done ({time.perf_counter() - t_start:.0f} s, "
@@ -306,9 +341,11 @@ def main(argv=None):
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  cols = ["T", "fwd_ms", "bwd_ms", "ideal_ms", "summed_ms", "pcgrad_ms", "pcgrad_vmap_ms",
-          "pcgrad_unroll_ms", "naive_pcgrad_ms", "libmtl_pcgrad_ms", "rep_pcgrad_ms",
-          "rep_mgda_ms", "pcgrad_over_ideal", "naive_over_pcgrad", "pcgrad_over_libmtl",
+  cols = ["T", "compile_s", "fwd_ms", "bwd_ms", "ideal_ms", "summed_ms", "pcgrad_ms",
+          "pcgrad_vmap_ms", "pcgrad_unroll_ms", "naive_pcgrad_ms", "libmtl_pcgrad_ms",
+          "rep_pcgrad_ms", "rep_mgda_ms", "pcgrad_over_ideal", "pcgrad_over_ideal_median",
+          "pcgrad_gflop_over_ideal", "pcgrad_gbyte_over_ideal", "naive_over_pcgrad",
+          "pcgrad_over_libmtl",
           "rep_pcgrad_over_summed", "rep_mgda_over_summed", "gram_space_fraction_max",
           "combine_fraction_max"] + [f"{m}_over_ideal" for m in METHODS if m != "pcgrad"]
   print(json.dumps(meta))
