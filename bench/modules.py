@@ -11,11 +11,14 @@ d_model 64, d_ff 256, 8 tasks).
 Cases:
   moe_top2_e8_{einsum,scatter}   top-2 of 8 experts (d_ff 128 each) vs the dense FFN
                                  (d_ff 256): equal active parameters per token
-  task_moe_{mixed,one_task,average}  task-level top-1 of 4 experts (d_ff 256 each) vs
-                                 the dense FFN: a mixed batch (expert-sorted chunks of
-                                 4 examples; chunk 1 and 8 as variants), a single-task
-                                 batch (shared route), the averaging stage
+  task_moe_top2_*                task-level top-2 of 4 experts (d_ff 128 each, the config)
+  task_moe_top1_*                task-level top-1 of 4 experts (d_ff 256 each); both vs the
+                                 dense FFN: a mixed batch (expert-sorted chunks of 4
+                                 examples; chunk 1 and 8 as variants), a single-task
+                                 batch (shared route: inference, homogeneous batches),
+                                 and the averaging stage
   task_moe_block                 4 whole blocks, top-1 per task, vs one standard block
+                                 (training runs every expert block)
   block+{bottleneck,hyperformer,lora,polytropon,polytropon_mhr}  a block with the
                                  module vs the plain block (adapter overhead)
   head_{mmoe,ple}                multi-gate heads vs the shared linear head
@@ -123,14 +126,17 @@ def main(argv=None) -> dict:
   for dispatch in ("einsum", "scatter"):
     results.append(compare(f"moe_top2_e8_{dispatch}", _layer("ffn", dict(moe, dispatch=dispatch)),
                            dense, x, mixed, repeats))
-  tmoe = {"name": "task_moe", "num_experts": 4, "top_k": 1, "gate": "gumbel",
-          "straight_through": True}
-  results.append(compare("task_moe_mixed", _layer("ffn", tmoe), dense, x, mixed, repeats))
-  results.append(compare("task_moe_one_task", _layer("ffn", tmoe), dense, x, one_task, repeats))
+  tmoe = {"name": "task_moe", "num_experts": 4, "top_k": 2, "temperature": 0.5}  # config
+  top1 = dict(tmoe, top_k=1, straight_through=True)
+  for label, opts in (("top2", tmoe), ("top1", top1)):
+    results.append(compare(f"task_moe_{label}_mixed", _layer("ffn", opts), dense, x, mixed,
+                           repeats))
+    results.append(compare(f"task_moe_{label}_one_task", _layer("ffn", opts), dense, x,
+                           one_task, repeats))
   if not a.quick:
     for chunk in (1, 8):  # 1: per-example weight gather
-      results.append(compare(f"task_moe_mixed_chunk{chunk}", _layer("ffn", dict(tmoe, chunk=chunk)),
-                             dense, x, mixed, repeats))
+      results.append(compare(f"task_moe_top2_mixed_chunk{chunk}",
+                             _layer("ffn", dict(tmoe, chunk=chunk)), dense, x, mixed, repeats))
     results.append(compare("task_moe_average", _layer("ffn", dict(tmoe, route_mode="average")),
                            dense, x, mixed, repeats))
     results.append(compare("task_moe_block", _layer(

@@ -17,8 +17,8 @@ expert-sharded buffers.
 Config (``model.ffn``, name "moe"):
   num_experts (8), top_k (2), expert_d_ff (0: d_ff // top_k, equal active parameters
   to the dense FFN), capacity_factor (1.25), eval_capacity_factor (0: same),
-  group_size (0: one group per sequence), dispatch ("einsum" one-hot masks or
-  "scatter" indices), normalize_gates (True), load_balance_weight (0.01),
+  group_size (0: one group per sequence), dispatch ("scatter": index scatter/gather,
+  the faster on CPU in bench/modules.py; "einsum": GShard's one-hot masks), normalize_gates (True), load_balance_weight (0.01),
   z_loss_weight (0.001), task_gate ("none" | "add" | "concat" | "per_task"),
   task_embed_dim (16, for "concat").
 
@@ -43,7 +43,7 @@ from modular.modules.options import check_choice, resolve, slot_key
 
 DEFAULTS = {
     "num_experts": 8, "top_k": 2, "expert_d_ff": 0, "capacity_factor": 1.25,
-    "eval_capacity_factor": 0.0, "group_size": 0, "dispatch": "einsum",
+    "eval_capacity_factor": 0.0, "group_size": 0, "dispatch": "scatter",
     "normalize_gates": True, "load_balance_weight": 0.01, "z_loss_weight": 0.001,
     "task_gate": "none", "task_embed_dim": 16,
 }

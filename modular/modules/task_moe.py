@@ -2,16 +2,17 @@
 
 The route comes from ``TaskRouter`` (task embedding -> top-k experts), so all tokens
 of an example share it and a task's sub-network can be extracted for inference
-(``task_extract.py``). Each example gathers the weights of its k experts:
+(``task_extract.py``). Each example runs its k experts:
 
   y_b = sum_k w[b, k] * FFN_{expert[b, k]}(x_b)
 
-In a batch that mixes routes, the (example, choice) rows are sorted by expert into
-chunks of ``chunk`` examples that start on chunk boundaries, and every chunk runs as
-one matmul with its expert's weights: k dense FFNs per token plus the padding of at
-most E * (chunk - 1) rows (chunk = 1: a per-example weight gather). When every example of the batch has the same route (a batch from one task, or
-inference) the gather is skipped at run time (``lax.cond``) and the k experts run as
-plain dense FFNs. In the averaging stage (or with k = E) all experts run on all tokens.
+The (example, choice) rows are sorted by expert into chunks of ``chunk`` examples
+that start on chunk boundaries, and every chunk runs as one matmul with its expert's
+weights: k dense FFNs per token plus the padding of at most E * (chunk - 1) rows
+(chunk = 1 is a per-example weight gather). At evaluation, when every example of the
+batch has the same route (one task), the sort is skipped at run time (``lax.cond``)
+and the k experts run side by side as one dense FFN. In the averaging stage (or with
+k = E) all experts run on all tokens.
 
 Config (``model.ffn``, name "task_moe"): the ``TaskRouter`` options plus expert_d_ff
 (0: d_ff // top_k, equal active parameters to the dense FFN) and chunk (4).
@@ -107,11 +108,16 @@ class TaskMoEFFN(nnx.Module):
     return jnp.einsum("bkld,bk->bld", y, weights.astype(x.dtype))
 
   def _shared_route(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
-    """All examples share the experts of row 0: k dense FFNs, per-example weights."""
+    """All examples share the experts of row 0: the k experts side by side form one
+    dense FFN of width k * f (two matmuls), with per-example weights on its hidden units.
+    """
     idx = experts[0]  # [K]
-    h = self.act(jnp.einsum("bld,kdf->blkf", x, self.w_in[...][idx]) + self.b_in[...][idx])
-    out = jnp.einsum("blkf,kfd->blkd", h, self.w_out[...][idx]) + self.b_out[...][idx]
-    return jnp.einsum("blkd,bk->bld", out, weights.astype(x.dtype))
+    k, d, f = idx.shape[0], x.shape[-1], self.w_in.shape[-1]
+    w_in = self.w_in[...][idx].transpose(1, 0, 2).reshape(d, k * f)  # [d, K*f]
+    h = self.act(x @ w_in + self.b_in[...][idx].reshape(k * f))  # [B, L, K*f]
+    scale = jnp.repeat(weights.astype(x.dtype), f, axis=-1)[:, None]  # [B, 1, K*f]
+    out = (h * scale) @ self.w_out[...][idx].reshape(k * f, d)
+    return out + (weights.astype(x.dtype) @ self.b_out[...][idx])[:, None]
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     experts, weights = self.router(ctx)  # [B, K]
@@ -119,6 +125,10 @@ class TaskMoEFFN(nnx.Module):
     if experts.shape[-1] == e and self.router.fixed is None:
       dense = jnp.einsum("bk,bke->be", weights, jax.nn.one_hot(experts, e))
       return self._all_experts(x, dense)
+    if not ctx.deterministic:
+      # No lax.cond when differentiating: its backward pass materializes the residuals
+      # of both branches; the chunked path costs about the same on one route.
+      return self._per_example(x, experts, weights)
     same = jnp.all(experts == experts[:1])
     return jax.lax.cond(same, self._shared_route, self._per_example, x, experts, weights)
 
