@@ -81,6 +81,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # A trained run's workdir: a fresh run starts from its parameters wherever path and
+  # shape match (e.g. train adapters on a trained backbone with optim.frozen).
+  c.init_from = ""
   c.async_checkpoint = True
   c.progress = True
   # Block on every step's result. Needed on simulated CPU devices (jax-ml/jax#25861:

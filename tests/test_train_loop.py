@@ -93,3 +93,18 @@ def test_mtl_method_switches_from_config(tiny_config, tmp_path, method):
     np.testing.assert_allclose(cos, cos.T, atol=1e-6)
     assert 0.0 <= records[-1]["mtl"]["conflict_fraction"] <= 1.0
   assert np.isfinite(records[-1]["objective"])
+
+
+def test_warm_start_copies_matching_parameters(tiny_config, tmp_path):
+  tiny_config.train.steps = 10
+  source = loop.train(tiny_config, str(tmp_path / "source"))
+  tiny_config.train.init_from = str(tmp_path / "source")
+  tiny_config.model.adapter_ffn = {"name": "bottleneck", "reduction_factor": 4,
+                                   "per_task": True}
+  run = loop.setup(tiny_config)
+  state = loop.warm_start(run, run.init(), str(tmp_path / "source"))
+  src, dst = source["state"]["params"], state["params"]
+  np.testing.assert_array_equal(np.asarray(dst["embed"]), np.asarray(src["embed"]))
+  np.testing.assert_array_equal(np.asarray(dst["blocks"][1]["ffn"]["w_in"]),
+                                np.asarray(src["blocks"][1]["ffn"]["w_in"]))
+  assert "adapter_ffn" in str(jax.tree_util.tree_structure(dst))

@@ -121,6 +121,43 @@ def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict
   return jax.device_get(total)
 
 
+def warm_start(run: Run, state: dict, source_workdir: str) -> dict:
+  """Copies the parameters of a trained run wherever path and shape match.
+
+  Args:
+    run: this run.
+    state: the fresh training state.
+    source_workdir: a run folder with checkpoints (its latest step is used).
+
+  Returns:
+    The state with matching parameters replaced; prints how many were copied.
+
+  Raises:
+    ValueError: naming ``train.init_from`` if no parameter matches.
+  """
+  _, _, source = ckpt_lib.load_for_analysis(source_workdir)
+  flat_src = {sharding_lib.path_str(p): v
+              for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  copied = []
+
+  def pick(path, target, sharding):
+    name = sharding_lib.path_str(path)
+    value = flat_src.get(name)
+    if value is None or value.shape != target.shape:
+      return target
+    copied.append(name)
+    return jax.device_put(value.astype(target.dtype), sharding)
+
+  params = jax.tree_util.tree_map_with_path(pick, state["params"],
+                                            run.state_shardings["params"])
+  if not copied:
+    raise ValueError(f"config.train.init_from: no parameter of {source_workdir} matches "
+                     "this model (paths or shapes differ)")
+  total = len(jax.tree.leaves(params))
+  print(f"warm start: {len(copied)}/{total} parameters from {source_workdir}", flush=True)
+  return {**state, "params": params}
+
+
 def _blocking(cfg: ml_collections.ConfigDict) -> bool:
   if cfg.train.block_every_step == "auto":
     return jax.default_backend() == "cpu"
@@ -159,6 +196,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     iterator.set_state(data_state)
   else:
     start, state = 0, run.init()
+    if cfg.train.init_from:
+      state = warm_start(run, state, cfg.train.init_from)
   eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   block = _blocking(cfg)
