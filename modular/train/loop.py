@@ -94,7 +94,7 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   seed = cfg.train.seed
   init = jax.jit(lambda: init_state(params, tx, method, seed), out_shardings=state_sh)
   batch_sh = sharding_lib.batch_sharding(cfg, mesh)
-  train_step = jax.jit(make_train_step(fm, tx, method, schedule),
+  train_step = jax.jit(make_train_step(fm, tx, method, schedule, param_sh),
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(fm), in_shardings=(param_sh, batch_sh),

@@ -42,7 +42,7 @@ def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed:
 
 
 def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, method: Any,
-                    schedule: optax.Schedule | None = None
+                    schedule: optax.Schedule | None = None, param_shardings: Any = None
                     ) -> Callable[[State, dict], tuple[State, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -52,6 +52,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
     method: a ``modular.mtl`` method (``needs_task_grads``, ``combine`` or
       ``loss_weights``/``observe``).
     schedule: learning-rate schedule, for logging.
+    param_shardings: the parameters' NamedShardings; per-task gradients [T, ...] keep
+      them on the trailing axes (the task axis unsharded).
 
   Returns:
     The step function. Metrics hold [T] arrays under ``task/<name>``, the auxiliary
@@ -66,7 +68,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
     rng, step_rng = jax.random.split(state["rng"])
     params = state["params"]
     if method.needs_task_grads:
-      (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(loss_vector, has_aux=True)(
+      (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(
+          loss_vector, has_aux=True, shardings=param_shardings)(
           params, batch, step_rng)
       present = aux["metrics"]["present"]
       grads, mtl_state, mtl_stats = method.combine(
