@@ -108,3 +108,15 @@ def test_warm_start_copies_matching_parameters(tiny_config, tmp_path):
   np.testing.assert_array_equal(np.asarray(dst["blocks"][1]["ffn"]["w_in"]),
                                 np.asarray(src["blocks"][1]["ffn"]["w_in"]))
   assert "adapter_ffn" in str(jax.tree_util.tree_structure(dst))
+
+
+def test_run_folder_from_an_older_version_still_loads(tiny_config, tmp_path):
+  from modular.train.checkpoint import load_config
+  tiny_config.train.steps = 2
+  loop.train(tiny_config, str(tmp_path))
+  saved = json.load(open(tmp_path / "config.json"))
+  del saved["data"]["prompt_width"], saved["train"]["init_from"]
+  json.dump(saved, open(tmp_path / "config.json", "w"))
+  cfg = load_config(str(tmp_path))
+  assert cfg.data.prompt_width == 0 and cfg.train.init_from == ""
+  assert cfg.train.steps == 2

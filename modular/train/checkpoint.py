@@ -112,7 +112,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a modular run folder?")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  from modular import config as config_lib
+  return ml_collections.ConfigDict(_fill_missing(saved, config_lib.get_base_config().to_dict()))
+
+
+def _fill_missing(saved: dict, defaults: dict) -> dict:
+  """Adds keys that a newer version introduced, with their defaults (older run folders)."""
+  for key, value in defaults.items():
+    if key not in saved:
+      saved[key] = value
+    elif isinstance(value, dict) and isinstance(saved[key], dict) and "name" not in value:
+      _fill_missing(saved[key], value)
+  return saved
 
 
 def load_for_analysis(workdir: str, step: int | None = None):
