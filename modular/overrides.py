@@ -9,6 +9,7 @@ ValueError naming the key for an unknown key or a value of the wrong type.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 from typing import Any
@@ -94,18 +95,10 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None
   if isinstance(value, str) and not isinstance(current, str):
     value = _parse(key, value, current)
   try:
-    with node.ignore_type() if current is None else _nullcontext():
+    with node.ignore_type() if current is None else contextlib.nullcontext():
       node[leaf] = value
   except TypeError as e:
     raise ValueError(f"config.{key}: {e}") from None
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def parse_overrides(argv: list[str]) -> tuple[dict[str, str], list[str]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jax
+from modular import paths
 
 BACKBONE = (
     r"^embed$",
@@ -51,11 +51,7 @@ def frozen_backbone(freeze_head: bool = True) -> list[str]:
 
 def flat_paths(params: Any) -> dict[str, Any]:
   """{"blocks/0/ffn/w_in": array, ...} of a nested parameter dict."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
-    out["/".join(keys)] = leaf
-  return out
+  return paths.flat_paths(params)
 
 
 def is_frozen(path: str, patterns: list[str] | tuple[str, ...]) -> bool:

@@ -26,31 +26,9 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from modular.paths import path_str
+
 PyTree = Any
-
-
-def path_str(path: Sequence[Any]) -> str:
-  """Joins a pytree key path as ``"a/b/0/c"``.
-
-  Args:
-    path: a key path from ``jax.tree_util.tree_flatten_with_path``.
-
-  Returns:
-    The keys joined by ``"/"`` (dict keys, sequence indices, attribute names).
-  """
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
 
 
 def task_specific_mask(tree: PyTree, patterns: Sequence[str]) -> PyTree:

@@ -30,6 +30,7 @@ from modular import data as data_lib
 from modular import models as models_lib
 from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel
+from modular.paths import flat_paths, path_str
 from modular.train import checkpoint as ckpt_lib
 from modular.train import sharding as sharding_lib
 from modular.train.batches import to_global, validate_batch
@@ -136,12 +137,11 @@ def warm_start(run: Run, state: dict, source_workdir: str) -> dict:
     ValueError: naming ``train.init_from`` if no parameter matches.
   """
   _, _, source = ckpt_lib.load_for_analysis(source_workdir)
-  flat_src = {sharding_lib.path_str(p): v
-              for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  flat_src = flat_paths(source)
   copied = []
 
   def pick(path, target, sharding):
-    name = sharding_lib.path_str(path)
+    name = path_str(path)
     value = flat_src.get(name)
     if value is None or value.shape != target.shape:
       return target

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import optax
 
-from modular.train.sharding import path_str
+from modular.paths import path_str
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

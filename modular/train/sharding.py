@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from modular import config as config_lib
+from modular.paths import path_str
 
 
 def make_mesh(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None
@@ -100,12 +101,3 @@ def describe(params: Any, shardings: Any) -> list[str]:
   for (path, p), s in zip(flat, specs):
     lines.append(f"{path_str(path)} {tuple(p.shape)} {s.spec}")
   return lines
-
-
-def path_str(path) -> str:
-  """'blocks/0/ffn/w_in' from a jax key path."""
-  parts = []
-  for k in path:
-    key = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
-    parts.append(str(key))
-  return "/".join(parts)
