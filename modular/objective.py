@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from modular.data.vocab import PAD_ID
 from modular.models import Context, Transformer
 
 Params = Any  # a nested dict of arrays
@@ -74,8 +75,19 @@ class FunctionalModel:
     model = nnx.merge(self.graphdef, params)
     ctx = Context(task_id=batch["task_id"], num_tasks=self.num_tasks,
                   deterministic=deterministic, rng=rng, capture=capture,
-                  head_gates=head_gates, head_means=head_means)
+                  head_gates=head_gates, head_means=head_means,
+                  token_mask=token_mask(batch))
     return model(batch["inputs"], ctx), ctx
+
+
+def token_mask(batch: dict) -> jax.Array:
+  """[B, L] bool, True on real tokens: ``batch["token_mask"]`` if given, else inputs != PAD.
+
+  PAD is token id 0 in the built-in vocabulary and in BERT-family vocabularies.
+  """
+  if "token_mask" in batch:
+    return batch["token_mask"].astype(bool)
+  return batch["inputs"] != PAD_ID
 
 
 def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:

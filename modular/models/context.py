@@ -33,6 +33,9 @@ class Context:
     head_gates: [NL, H] or [B, NL, H] multipliers of each head's output (None: 1).
     head_means: [NL, H, dh] replacement for gated-off heads (mean ablation);
       None means zero ablation.
+    token_mask: [B, L] bool, True on real (non-padding) tokens; None means every
+      position is real. One field for the whole model: routers count only real
+      tokens, and an encoder's attention masks padded keys with it.
     layer: index of the block being run (-1 outside blocks).
     position: slot name inside the block ("attn", "ffn", "adapter_attn", ...).
     losses: name -> scalar auxiliary loss, already weighted; summed by the loop.
@@ -47,6 +50,7 @@ class Context:
   capture: bool = False
   head_gates: jax.Array | None = None
   head_means: jax.Array | None = None
+  token_mask: jax.Array | None = None
   layer: int = -1
   position: str = ""
   losses: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
