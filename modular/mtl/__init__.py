@@ -36,12 +36,13 @@ import ml_collections
 
 from modular.mtl.aligned_mtl import AlignedMTL, aligned_mtl
 from modular.mtl.cagrad import CAGrad, cagrad
-from modular.mtl.config import default_mtl_config, validate_mtl_config
+from modular.mtl.config import (default_mtl_config, method_kwargs, method_options,
+                                validate_mtl_config)
 from modular.mtl.gradnorm import GradNorm, gradnorm
 from modular.mtl.gram import (cosine_matrix, gram_matrix, task_specific_mask, telemetry,
                               unmatched_patterns, weighted_sum)
 from modular.mtl.imtl import IMTLG, imtl_g
-from modular.mtl.method import METHODS, Method, Weighting
+from modular.mtl.method import METHODS, Method, Weighting, register
 from modular.mtl.mgda import MGDA, mgda
 from modular.mtl.nashmtl import NashMTL, nash_mtl
 from modular.mtl.pcgrad import PCGrad, pcgrad
@@ -55,7 +56,29 @@ __all__ = [
     "default_mtl_config", "dwa", "gradnorm", "gram_matrix", "imtl_g", "mean", "mgda",
     "nash_mtl", "pcgrad", "per_task_value_and_grad", "rep_value_and_grad",
     "task_specific_mask", "telemetry", "uncertainty", "validate_mtl_config", "weighted_sum",
+    "method_kwargs", "method_options", "register", "transform",
 ]
+
+# Every registered method class is importable as ``mtl.<ClassName>`` without listing it
+# here (adding a method is one file).
+for _name in METHODS.names():
+  _cls = METHODS.get(_name)
+  globals().setdefault(_cls.__name__, _cls)
+  if _cls.__name__ not in __all__:
+    __all__.append(_cls.__name__)
+
+
+def transform(name: str, **options: Any):
+  """Any registered method as an optax transform over ``[T, ...]`` gradients.
+
+  Args:
+    name: registry name (``"upgrad"``).
+    **options: the method's options and common keys (``num_tasks=3``, ``seed=0``).
+
+  Returns:
+    ``optax.GradientTransformationExtraArgs`` (see ``Method.as_optax``).
+  """
+  return METHODS.get(name)(**options).as_optax()
 
 
 def build(mtl_cfg: ml_collections.ConfigDict, params: Any = None) -> Method:
@@ -75,4 +98,4 @@ def build(mtl_cfg: ml_collections.ConfigDict, params: Any = None) -> Method:
     unused = unmatched_patterns(params, mtl_cfg.task_specific)
     if unused:
       logging.warning("mtl.task_specific patterns match no parameter: %s", unused)
-  return METHODS.build(mtl_cfg.method, mtl_cfg)
+  return METHODS.get(mtl_cfg.method)(**method_kwargs(mtl_cfg))

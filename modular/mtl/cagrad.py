@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -24,7 +25,8 @@ import optax
 
 from modular.mtl import gram as gram_lib
 from modular.mtl import simplex
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
+from modular.mtl.options import at_least, option
 
 
 def cagrad_coefficients(gram: jax.Array, present: jax.Array, c: float, iters: int,
@@ -60,6 +62,8 @@ def cagrad_coefficients(gram: jax.Array, present: jax.Array, c: float, iters: in
   return coef, w
 
 
+@register("cagrad")
+@dataclasses.dataclass(eq=False)
 class CAGrad(Method):
   """CAGrad on the Gram matrix.
 
@@ -70,12 +74,9 @@ class CAGrad(Method):
     task_specific: path regexes of task-specific parameters.
   """
 
-  name = "cagrad"
-
-  def __init__(self, c: float = 0.4, iters: int = 250, rescale: bool = True,
-               task_specific: Sequence[str] = (), num_tasks: int = 0):
-    super().__init__(task_specific, num_tasks)
-    self.c, self.iters, self.rescale = float(c), int(iters), bool(rescale)
+  c: float = option(0.4, at_least(0.0))
+  iters: int = option(250, at_least(1))
+  rescale: bool = option(True)
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -96,10 +97,4 @@ def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = True,
   Returns:
     The transform.
   """
-  return CAGrad(c, iters, rescale, task_specific).as_optax()
-
-
-@METHODS.register("cagrad")
-def _build(cfg) -> CAGrad:
-  return CAGrad(cfg.cagrad_c, cfg.cagrad_iters, cfg.cagrad_rescale, cfg.task_specific,
-                cfg.num_tasks)
+  return CAGrad(c, iters, rescale, task_specific=task_specific).as_optax()
