@@ -205,10 +205,34 @@ class Weighting(Method):
   needs_losses = True
   weight_task_specific = True
 
+  def current_weights(self, state: PyTree, losses: jax.Array,
+                      present: jax.Array) -> jax.Array:
+    """Weights ``[T]`` for this step's losses (``[T]``, constant); default ``loss_weights``.
+
+    Weightings whose weights depend on the current losses (GLS, STCH, FAMO) override it.
+    """
+    del losses
+    return self.loss_weights(state, present)
+
+  def scalarize(self, state: PyTree, losses: jax.Array, present: jax.Array) -> jax.Array:
+    """The scalar the loop differentiates: ``sum_t stop_gradient(w_t) L_t + extra_loss``.
+
+    Args:
+      state: the method state.
+      losses: ``[T]`` per-task losses (differentiable).
+      present: ``[T]`` float 0/1.
+
+    Returns:
+      A scalar whose gradient is ``sum_t w_t g_t``.
+    """
+    w = jax.lax.stop_gradient(
+        self.current_weights(state, jax.lax.stop_gradient(losses), present))
+    return jnp.sum(w * losses) + self.extra_loss(state)
+
   def solve(self, gram, state, losses, present):
     del gram
-    w = self.loss_weights(state, present)
     if losses is None and self.needs_losses:
       raise ValueError(f"mtl method {self.name!r} needs losses= in combine/update")
+    w = self.current_weights(state, losses, present)
     state, extra = self.observe(state, losses, present)
     return jnp.diag(w), state, extra
