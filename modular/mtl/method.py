@@ -94,6 +94,9 @@ class Method:
   # as LibMTL's gradient methods) or sum_t w_t g_t (True: the loss weightings, whose
   # loop path differentiates sum_t w_t L_t).
   weight_task_specific: ClassVar[bool] = False
+  # False where the update is not sum_t w_t g_t of this step's gradients (GradDrop,
+  # TrimmedMean, DB-MTL, MoCo): their stats carry no "weights".
+  linear_in_grads: ClassVar[bool] = True
 
   task_specific: tuple = dataclasses.field(default=(), kw_only=True)
   num_tasks: int = dataclasses.field(default=0, kw_only=True,

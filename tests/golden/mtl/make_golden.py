@@ -295,9 +295,32 @@ def moco_reference(seq, beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5, rh
   return outs
 
 
+def min_norm_reference(J):
+  """MGDA's min-norm point of the convex hull, exactly: every support set's KKT system."""
+  import itertools
+  J = np.asarray(J, np.float64)
+  G, t = J @ J.T, len(J)
+  best = None
+  for r in range(1, t + 1):
+    for S in itertools.combinations(range(t), r):
+      S = list(S)
+      A = np.zeros((r + 1, r + 1))
+      A[:r, :r], A[:r, r], A[r, :r] = G[np.ix_(S, S)], 1.0, 1.0
+      try:
+        x = np.linalg.solve(A, np.eye(r + 1)[r])
+      except np.linalg.LinAlgError:
+        continue
+      w = np.zeros(t)
+      w[S] = x[:r]
+      if (w >= -1e-12).all() and (best is None or w @ G @ w < best[0]):
+        best = (w @ G @ w, w)
+  return best[1] @ J
+
+
 def numpy_goldens(inp: dict) -> dict:
   seq, seq_losses = inp["seq"], inp["seq_losses"]
   return {
+      "mgda_exact": {k: _r(min_norm_reference(J)) for k, J in inp["cases"].items()},
       "famo_weights": [_r(w) for w in famo_reference(inp["losses"])],
       "stch_weights": [_r(stch_reference(l, mu=1.0)) for l in inp["losses"]],
       "stch_weights_mu01": [_r(stch_reference(l, mu=0.1)) for l in inp["losses"]],
