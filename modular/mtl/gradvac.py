@@ -54,6 +54,8 @@ def gradvac_coefficients(gram, targets, orders, present, beta: float, eps: float
     ``(C [T, T], new_targets [T, T])`` with ``g_i' = sum_k C[i, k] g_k``.
   """
   t = gram.shape[0]
+  if t == 1:
+    return jnp.ones((1, 1), gram.dtype), targets
   norm = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
   p = present > 0
 

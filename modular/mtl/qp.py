@@ -32,6 +32,8 @@ def nonneg_qp(q_mat: jax.Array, q_vec: jax.Array, sweeps: int = 200) -> jax.Arra
     ``x`` ``[T]`` (coordinates with ``Q_ii = 0`` stay 0).
   """
   num = q_vec.shape[0]
+  if num == 0:
+    return q_vec
   diag = jnp.diag(q_mat)
   safe = jnp.where(diag > 0, diag, 1.0)
 
