@@ -252,7 +252,7 @@ def test_mgda_l2_normalization():
 @pytest.mark.parametrize("vectors,c", [(CONFLICTING, 0.4), (ALIGNED, 0.4), (_random(6, 5, 0.5), 0.8),
                                        (_random(4, 6), 0.0)], ids=["conflicting", "aligned", "t6", "c0"])
 def test_cagrad_matches_scipy(vectors, c):
-  out, _, _ = _combine(mtl.CAGrad(c=c), vectors)
+  out, _, _ = _combine(mtl.CAGrad(c=c, rescale=True), vectors)
   ref = ref_cagrad(vectors, c)
   np.testing.assert_allclose(_flat(out), ref, rtol=1e-4, atol=1e-4 * np.linalg.norm(ref))
 

@@ -18,13 +18,23 @@ Outside the loop every method is an optax transform over ``[T, ...]`` gradients:
   opt = optax.chain(mtl.pcgrad(seed=0), optax.adam(1e-3))
 
 Methods work on the ``T x T`` Gram matrix (``gram.py``): the big gradients are read
-twice (Gram, combination) and never flattened, so their sharding is kept.
+twice (Gram, combination) and never flattened, so their sharding is kept. GradDrop,
+TrimmedMean, ExcessMTL, DB-MTL and MoCo need the gradients per coordinate
+(``leafwise.py``). Every method is one file, a dataclass whose fields are its options,
+registered with ``@register(name)``; this package imports every module in its folder,
+and every registered class is importable here by its class name (``mtl.UPGrad``).
 
 References:
   Yu et al. 2020 (PCGrad); Sener & Koltun 2018 (MGDA); Liu et al. 2021 (CAGrad);
-  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL-G); Senushkin et al. 2023
-  (Aligned-MTL); Chen et al. 2018
-  (GradNorm); Kendall et al. 2018 (uncertainty weighting); Liu et al. 2019 (DWA).
+  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL); Senushkin et al. 2023
+  (Aligned-MTL); Chen et al. 2018 (GradNorm); Kendall et al. 2018 (uncertainty
+  weighting); Liu et al. 2019 (DWA); Quinton & Rey 2024 (UPGrad, DualProj); Liu et al.
+  2024 (ConFIG); Blanchard et al. 2017 (Krum); Yin et al. 2018 (trimmed mean); Chen et
+  al. 2020 (GradDrop); Wang et al. 2021 (GradVac); Lin et al. 2022 (RLW); Chennupati et
+  al. 2019 (GLS); Lin et al. 2024 (STCH); Liu et al. 2023 (FAMO); Ban & Ji 2024
+  (FairGrad); He et al. 2024 (ExcessMTL); Chen et al. 2023 (MoDo); Xiao et al. 2023
+  (SDMGrad); Zhou et al. 2022 (CR-MOGM); Lin et al. 2023 (DB-MTL); Fernando et al. 2023
+  (MoCo); PCD (TMLR 2026).
 """
 
 from __future__ import annotations

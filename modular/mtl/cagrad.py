@@ -7,8 +7,9 @@ the average gradient of the present tasks. Its dual is a problem over the simple
 
 solved on the Gram matrix with pairwise Frank-Wolfe and an exact line search (see
 ``simplex.py``). The update is ``d = g_0 + (c ||g_0|| / ||g_w||) g_w`` with
-``g_w = sum_t w_t g_t``, divided by ``1 + c^2`` when ``rescale`` is set (the
-authors' default, ``rescale=1``). ``c = 0`` gives the plain average.
+``g_w = sum_t w_t g_t`` (the paper's Algorithm 1, our default, and TorchJD 0.18.0's),
+divided by ``1 + c^2`` when ``rescale=True`` (the authors' code and LibMTL 1.1.5, whose
+default is ``rescale=1``; a global step-size factor). ``c = 0`` gives the plain average.
 
 References:
   Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS.
@@ -70,13 +71,13 @@ class CAGrad(Method):
   Args:
     c: radius factor (0.4 in the paper's multi-task experiments).
     iters: Frank-Wolfe iterations for the dual.
-    rescale: divide the update by ``1 + c^2``.
+    rescale: divide the update by ``1 + c^2`` (authors' code; the paper: False).
     task_specific: path regexes of task-specific parameters.
   """
 
   c: float = option(0.4, at_least(0.0))
   iters: int = option(250, at_least(1))
-  rescale: bool = option(True)
+  rescale: bool = option(False)
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -84,7 +85,7 @@ class CAGrad(Method):
     return jnp.diag(coef), state, {"dual_weights": w}
 
 
-def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = True,
+def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = False,
            task_specific: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
   """CAGrad as an optax transform over per-task gradients ``[T, ...]``.
 
