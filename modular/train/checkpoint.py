@@ -206,9 +206,15 @@ def load_for_analysis(workdir: str, step: int | None = None):
   config_lib.fill_derived(cfg)
   fm, params, _ = FunctionalModel.split(models_lib.build_model(cfg.model, cfg.train.seed))
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=False)
+  saved = ckpt.all_steps()
   step = ckpt.latest_step() if step is None else step
   if step is None:
+    ckpt.close()
     raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
+  if step not in saved:
+    ckpt.close()
+    raise CheckpointError(f"--step {step}: no checkpoint at that step in {ckpt.directory}; "
+                          f"saved steps: {sorted(saved)}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           params)

@@ -119,9 +119,12 @@ def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]
 def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict[str, np.ndarray]:
   """Sums the per-task evaluation counts over all held-out batches."""
   total = None
+  n, i = jax.process_count(), jax.process_index()
   for batches in eval_batches.values():
-    for b in batches:
-      sums = run.eval_step(params, global_batch(run, b))
+    for b in batches:  # every process builds the same global batch and feeds its slice
+      size = len(b["task_id"]) // n
+      local = {k: v[i * size:(i + 1) * size] for k, v in b.items()} if n > 1 else b
+      sums = run.eval_step(params, global_batch(run, local))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   return jax.device_get(total)
 
