@@ -213,7 +213,7 @@ def load_for_analysis(workdir: str, step: int | None = None):
     raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
   if step not in saved:
     ckpt.close()
-    raise CheckpointError(f"--step {step}: no checkpoint at that step in {ckpt.directory}; "
+    raise CheckpointError(f"--step {step}: that step was not saved in {ckpt.directory}; "
                           f"saved steps: {sorted(saved)}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
