@@ -215,7 +215,7 @@ class NonfiniteWatch:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None,
-          devices=None) -> dict[str, Any]:
+          devices=None, on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run described by ``cfg`` in ``workdir``.
 
   Before anything in ``workdir`` changes, the resume is checked: the workdir lock is
@@ -229,6 +229,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     stop_at: stop after this step (as if interrupted) after checkpointing it;
       the run resumes from there when called again. None: train to the end.
     devices: the devices of the mesh (default: all).
+    on_eval: called as ``on_eval(step, {metric: {task: value}})`` after each
+      evaluation, on every process (a sweep engine reports trial progress with it).
 
   Returns:
     A summary: final per-task evaluation, steps, steps/s, compile time. A finished
@@ -311,7 +313,9 @@ def _train(run: Run, workdir: str, stop_at: int | None) -> dict[str, Any]:
         if lead:
           _report(progress, cfg, step, mean, t_first)
       if do_eval:
-        writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+        result = writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+        if on_eval is not None:
+          on_eval(step, result)
       if do_save:
         checkpointer.save(step, state, iterator.get_state(), {"step": step, "tasks": tasks})
         watch.last_saved = step
