@@ -248,13 +248,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     lock = filelock.FileLock(os.path.join(workdir, ".lock"), f"workdir {workdir}")
     lock.acquire(blocking=False)
   try:
-    return _train(run, workdir, stop_at)
+    return _train(run, workdir, stop_at, on_eval)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(run: Run, workdir: str, stop_at: int | None) -> dict[str, Any]:
+def _train(run: Run, workdir: str, stop_at: int | None,
+           on_eval: Callable[[int, dict], None] | None) -> dict[str, Any]:
   cfg = run.cfg
   lead = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
@@ -326,7 +327,9 @@ def _train(run: Run, workdir: str, stop_at: int | None) -> dict[str, Any]:
     if progress is not None:
       progress.close()
   if start == end and start > 0 and not writer.last_eval:  # finished and re-launched
-    writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    if on_eval is not None:
+      on_eval(start, result)
   steps_done = end - start
   elapsed = time.perf_counter() - (t_first or t_start)
   summary = {
