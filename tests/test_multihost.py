@@ -87,7 +87,8 @@ def _params(workdir, step=None):
 
 def _data_states(workdir, step):
   folder = os.path.join(workdir, "checkpoints", str(step), "data")
-  return {f: json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))}
+  return {f: json.load(open(os.path.join(folder, f))) for f in sorted(os.listdir(folder))
+          if f.startswith("process_")}
 
 
 def _one_process_reference(data_dir):

@@ -158,3 +158,17 @@ def test_logs_hold_each_step_once_in_strict_json(tiny_config, tmp_path):
   assert evals == [10, 20]
   assert logs.dumps({"x": float("nan"), "y": [1.0, float("inf")]}) == \
       '{"x": null, "y": [1.0, null]}'
+
+
+def test_checkpoints_with_one_data_json_for_all_processes_still_restore(tmp_path):
+  """Before per-process data state, orbax's JsonSave wrote ``data/metadata``."""
+  import orbax.checkpoint as ocp
+  import jax.numpy as jnp
+  from modular.train import checkpoint as ckpt_lib
+  manager = ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"a": jnp.ones(2)}),
+                                          data=ocp.args.JsonSave({"position": 3}),
+                                          meta=ocp.args.JsonSave({"step": 1})))
+  manager.wait_until_finished()
+  manager.close()
+  assert ckpt_lib.read_data_state(str(tmp_path / "1" / "data")) == {"position": 3}

@@ -137,10 +137,9 @@ def read_data_state(data_dir: str) -> Any:
   own = folder / f"process_{index}-of-{count}.json"
   if own.exists():
     return json.loads(own.read_text())
-  legacy = [p for p in folder.iterdir() if not p.name.startswith("process_")] \
-      if folder.exists() else []
-  if legacy and not list(folder.glob("process_*.json")):
-    return json.loads(legacy[0].read_text())
+  legacy = folder / "metadata"  # orbax's JsonSave layout, one file for all processes
+  if legacy.exists() and not list(folder.glob("process_*.json")):
+    return json.loads(legacy.read_text())
   raise FileNotFoundError(f"{own} not found (saved by another number of processes?)")
 
 
