@@ -119,9 +119,12 @@ def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]
 def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict[str, np.ndarray]:
   """Sums the per-task evaluation counts over all held-out batches."""
   total = None
+  n, i = jax.process_count(), jax.process_index()
   for batches in eval_batches.values():
-    for b in batches:
-      sums = run.eval_step(params, global_batch(run, b))
+    for b in batches:  # every process builds the same global batch and feeds its slice
+      size = len(b["task_id"]) // n
+      local = {k: v[i * size:(i + 1) * size] for k, v in b.items()} if n > 1 else b
+      sums = run.eval_step(params, global_batch(run, local))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   return jax.device_get(total)
 
@@ -252,7 +255,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
 
 
 def _train(run: Run, workdir: str, stop_at: int | None,
-           on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+           on_eval: Callable[[int, dict], None] | None) -> dict[str, Any]:
   cfg = run.cfg
   lead = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
@@ -324,7 +327,9 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     if progress is not None:
       progress.close()
   if start == end and start > 0 and not writer.last_eval:  # finished and re-launched
-    writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    if on_eval is not None:
+      on_eval(start, result)
   steps_done = end - start
   elapsed = time.perf_counter() - (t_first or t_start)
   summary = {
