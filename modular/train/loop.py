@@ -186,7 +186,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     ckpt_lib.save_config(workdir, cfg)
   tasks = data_lib.task_names(cfg.data)
   checkpointer = ckpt_lib.Checkpointer(workdir, cfg.train.keep_checkpoints,
-                                       cfg.train.async_checkpoint)
+                                       cfg.train.async_checkpoint,
+                                       (0,) if cfg.train.keep_step0 else ())
   n_proc = jax.process_count()
   iterator = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size // n_proc,
                                           shard_index=jax.process_index(), shard_count=n_proc)
@@ -198,6 +199,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     start, state = 0, run.init()
     if cfg.train.init_from:
       state = warm_start(run, state, cfg.train.init_from)
+    if cfg.train.keep_step0:  # the untrained control of modular-analyze
+      checkpointer.save(0, state, iterator.get_state(), {"step": 0, "tasks": tasks})
   eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   block = _blocking(cfg)
