@@ -83,6 +83,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # Save the initial parameters as step 0 and never delete them: the untrained control
+  # that modular-analyze reports beside the trained model.
+  c.keep_step0 = True
   # A trained run's workdir: a fresh run starts from its parameters wherever path and
   # shape match (e.g. train adapters on a trained backbone with optim.frozen).
   c.init_from = ""

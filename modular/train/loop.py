@@ -263,7 +263,8 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     resume_lib.check_same_run(ckpt_lib.load_config(workdir), cfg, workdir)
   tasks = data_lib.task_names(cfg.data)
   checkpointer = ckpt_lib.Checkpointer(workdir, cfg.train.keep_checkpoints,
-                                       cfg.train.async_checkpoint)
+                                       cfg.train.async_checkpoint,
+                                       (0,) if cfg.train.keep_step0 else ())
   n_proc = jax.process_count()
   iterator = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size // n_proc,
                                           shard_index=jax.process_index(), shard_count=n_proc)
@@ -278,6 +279,9 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   if lead:  # the resume is checked: from here on the workdir may change
     ckpt_lib.save_config(workdir, cfg)
     log_lib.truncate_after(workdir, start)
+  if start == 0 and cfg.train.keep_step0 and 0 not in checkpointer.all_steps():
+    # the untrained control of modular-analyze
+    checkpointer.save(0, state, iterator.get_state(), {"step": 0, "tasks": tasks})
   eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   log_lib.prime(writer, workdir, start)
