@@ -75,5 +75,6 @@ def build_pretrained(model_cfg: ml_collections.ConfigDict, seed: int = 0):
   return fm, load_pretrained(model_cfg, params), axes
 
 
-__all__ = ["build_pretrained", "pretrained_model_config","CheckpointError", "encode", "fill_model_config", "frozen_patterns", "hf_bert",
-           "load_pretrained", "load_tokenizer"]
+__all__ = ["CheckpointError", "build_pretrained", "encode", "fill_model_config",
+           "frozen_patterns", "hf_bert", "load_pretrained", "load_tokenizer",
+           "pretrained_model_config"]
