@@ -69,6 +69,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.frozen = []
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
+  # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
+  # except the paths matching a regex of unfreeze_pretrained (e.g. ["ln_"]).
+  c.freeze_pretrained = False
+  c.unfreeze_pretrained = []
   return c
 
 
