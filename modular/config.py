@@ -125,6 +125,9 @@ def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))
     if "num_tasks" in cfg.mtl:
       cfg.mtl.num_tasks = cfg.model.num_tasks
+  if cfg.model.get("pretrained", ""):  # the checkpoint fixes the sizes and the vocabulary
+    from modular import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.fill_model_config(cfg.model)
   return cfg
 
 
@@ -166,8 +169,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
              f"must be a positive int, got {m[key]!r}")
   _require(m.d_model % m.num_heads == 0, "model.num_heads",
            f"d_model={m.d_model} is not divisible by num_heads={m.num_heads}")
-  _require(m.activation in ("relu", "gelu", "silu"), "model.activation",
-           f"unknown {m.activation!r}; known: relu, gelu, silu")
+  acts = models_lib.slots.ACTIVATIONS
+  _require(m.activation in acts, "model.activation",
+           f"unknown {m.activation!r}; known: {', '.join(acts)}")
+  _require(m.get("arch", "decoder") in models_lib.ARCHS, "model.arch",
+           f"unknown {m.get('arch')!r}; known: {', '.join(models_lib.ARCHS)}")
   _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   for slot, registry in models_lib.slots.SLOT_REGISTRIES.items():
     _require("name" in m[slot], f"model.{slot}.name", "missing")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from modular import mtl as mtl_lib
-from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector
+from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector, tasks_present
 
 State = dict[str, Any]
 
@@ -127,6 +127,5 @@ def make_eval_step(fm: FunctionalModel) -> Callable[[Any, dict], dict]:
 
 
 def _present(batch: dict, num_tasks: int) -> jax.Array:
-  """[T] 1.0 for tasks with answer tokens in the batch."""
-  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)
-  return (onehot.T @ batch["mask"].astype(jnp.float32).sum(-1) > 0).astype(jnp.float32)
+  """[T] 1.0 for tasks with answer tokens (or labelled examples) in the batch."""
+  return tasks_present(batch, num_tasks)
