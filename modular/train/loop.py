@@ -165,7 +165,7 @@ def _blocking(cfg: ml_collections.ConfigDict) -> bool:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None,
-          devices=None) -> dict[str, Any]:
+          devices=None, on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run described by ``cfg`` in ``workdir``.
 
   Args:
@@ -174,6 +174,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     stop_at: stop after this step (as if interrupted) after checkpointing it;
       the run resumes from there when called again. None: train to the end.
     devices: the devices of the mesh (default: all).
+    on_eval: called as ``on_eval(step, {metric: {task: value}})`` after each
+      evaluation, on every process (a sweep engine reports trial progress with it).
 
   Returns:
     A summary: final per-task evaluation, steps, steps/s, compile time.
@@ -224,7 +226,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
         progress.set_postfix(loss=f"{float(mean['objective']):.3f}",
                              acc=f"{float(mean['task/accuracy'][present].mean()):.3f}")
     if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-      writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+      result = writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+      if on_eval is not None:
+        on_eval(step, result)
     if step % cfg.train.checkpoint_every == 0 or step == end:
       checkpointer.save(step, state, iterator.get_state(),
                         {"step": step, "tasks": tasks})
