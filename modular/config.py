@@ -119,7 +119,8 @@ def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   with cfg.unlocked():
     if data_lib.is_classification(cfg.data):
       cfg.data.tokenizer = cfg.data.tokenizer or cfg.model.get("pretrained", "")
-      cfg.model.head.num_classes = data_lib.num_classes(cfg.data)
+      cfg.model.head = ml_collections.ConfigDict(
+          dict(cfg.model.head.to_dict(), num_classes=data_lib.num_classes(cfg.data)))
     cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
     cfg.model.seq_len = cfg.data.seq_len
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))

@@ -5,7 +5,8 @@ tokenizer encodes them in ``tokenizer``::
 
   c.data.tasks = []                    # no next-token tasks in the same run
   c.data.wordnet = ["def_supersense", "def_pos", "example_supersense", "relation"]
-  c.data.tokenizer = ""                # "": config.model.pretrained's (fill_derived)
+  c.data.tokenizer = ""                # "": config.model.pretrained's (fill_derived),
+                                       # else all-MiniLM-L6-v2's
   c.data.seq_len = 32                  # tokens per example, [CLS] and [SEP]s included
 
 Classification batch (the encoder's contract, ``modular.objective``), L = seq_len::
@@ -73,17 +74,21 @@ def validate(cfg: Any, other_tasks: list[str]) -> None:
   if other_tasks:
     raise _error("wordnet", f"classification tasks cannot share a run with next-token tasks "
                  f"{other_tasks}; set config.data.tasks=[] and config.data.external=[]")
-  if not isinstance(cfg.tokenizer, str) or not cfg.tokenizer:
-    raise _error("tokenizer", "WordNet tasks need a tokenizer: a checkpoint name or folder "
-                 "(it defaults to config.model.pretrained)")
+  if not isinstance(cfg.tokenizer, str):
+    raise _error("tokenizer", f"expected a checkpoint name or folder, got {cfg.tokenizer!r}")
   if cfg.seq_len < 4:
     raise _error("seq_len", f"needs >= 4 tokens for [CLS] a [SEP] b [SEP], got {cfg.seq_len}")
+
+
+def tokenizer(cfg: Any) -> str:
+  """The checkpoint name or folder whose tokenizer encodes the text tasks."""
+  return cfg.tokenizer or wordnet_tasks.DEFAULT_TOKENIZER
 
 
 def vocab_size(cfg: Any) -> int:
   """The tokenizer's vocabulary size (special tokens included)."""
   from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  path = wordnet_tasks.tokenizer_file(cfg.tokenizer)
+  path = wordnet_tasks.tokenizer_file(tokenizer(cfg))
   return Tokenizer.from_file(path).get_vocab_size(with_added_tokens=True)
 
 
@@ -101,7 +106,7 @@ def label_names(cfg: Any) -> dict[str, list[str]]:
 
 def builder(cfg: Any, task: str, data_dir: str) -> wordnet_builders.WordnetTasks:
   """The (possibly not yet prepared) TFDS builder of one WordNet task of ``cfg``."""
-  config = wordnet_builders.make_config(task, tokenizer=cfg.tokenizer, seq_len=cfg.seq_len)
+  config = wordnet_builders.make_config(task, tokenizer=tokenizer(cfg), seq_len=cfg.seq_len)
   return wordnet_builders.WordnetTasks(config=config, data_dir=data_dir,
                                        file_format="array_record")
 

@@ -27,7 +27,8 @@ Fields (``default_data_config()``):
   wordnet      []   WordNet classification tasks (``modular.data.classification``);
                     they cannot share a run with the next-token tasks above
   tokenizer    ""   checkpoint name or folder whose tokenizer encodes text tasks
-                    ("": config.model.pretrained's, filled by ``fill_derived``)
+                    ("": config.model.pretrained's, filled by ``fill_derived``;
+                    all-MiniLM-L6-v2's where no model config is at hand)
 
 The ConfigDict is not type-safe (``type_safe=False``) so that ``tasks`` and
 ``weights`` can be overridden with strings from the command line;
