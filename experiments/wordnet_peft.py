@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 
-from modular.checkpoints import frozen_patterns
 from modular.config import get_base_config
 
 CHECKPOINT = "all-MiniLM-L6-v2"
@@ -50,38 +49,60 @@ BACKBONE_LR = 0.05  # full fine-tuning and upcycled experts: 5e-5 with the base 
 IMPORTED = r"^(embed|pos_embed|type_embed|ln_embed/.*|blocks/\d+/.*)$"
 
 
+def frozen(ffn: str = "dense", unfreeze: tuple[str, ...] = ()) -> list[str]:
+  """``optim.frozen``: every tensor imported from the checkpoint, minus ``unfreeze``.
+
+  Args:
+    ffn: "dense" (the FFN's own weights are the imported ones), "wrapped" (LoRA and
+      Polytropon keep the dense FFN under ``ffn/base/``) or "experts" (the upcycled
+      task-MoE experts train: no FFN weight is frozen).
+    unfreeze: names of the imported groups to leave trainable ("ln": the LayerNorms).
+
+  Returns:
+    Anchored regexes over parameter paths (``modular.checkpoints.hf_bert.MAPPING``).
+  """
+  groups = {
+      "embed": [r"^(embed|pos_embed|type_embed)$"],
+      "ln": [r"^ln_embed/(scale|bias)$", r"^blocks/\d+/(ln_attn|ln_ffn)/(scale|bias)$"],
+      "attn": [r"^blocks/\d+/attn/(wq|bq|wk|bk|wv|bv|wo|bo)$"],
+      "ffn": {"dense": [r"^blocks/\d+/ffn/(w_in|b_in|w_out|b_out)$"],
+              "wrapped": [r"^blocks/\d+/ffn/base/(w_in|b_in|w_out|b_out)$"],
+              "experts": []}[ffn],
+  }
+  return [p for name, patterns in groups.items() if name not in unfreeze for p in patterns]
+
+
 def methods() -> dict[str, dict]:
   """Each adaptation method's config overrides (``{"config.<key>": value}``)."""
-  frozen = frozen_patterns()
   return {
       "full": {"config.optim.lr_multipliers": [[IMPORTED, BACKBONE_LR]]},
       "lora": {
           "config.model.ffn": {"name": "lora", "rank": 8, "alpha": 16.0, "per_task": True},
-          "config.optim.frozen": frozen},
+          "config.optim.frozen": frozen("wrapped")},
       "adapters": {
           "config.model.adapter_attn": {"name": "bottleneck", "reduction_factor": 8,
                                         "per_task": True},
           "config.model.adapter_ffn": {"name": "bottleneck", "reduction_factor": 8,
                                        "per_task": True},
-          "config.optim.frozen": frozen},
+          "config.optim.frozen": frozen()},
       "hyperformer": {
           "config.model.adapter_attn": {"name": "hyperformer", "task_embed_dim": 32,
                                         "hidden_dim": 64, "proj_dim": 16,
                                         "reduction_factor": 8},
           "config.model.adapter_ffn": {"name": "hyperformer"},
-          "config.optim.frozen": frozen_patterns(unfreeze=[r"/ln_"])},
+          "config.optim.frozen": frozen(unfreeze=("ln",))},
       "polytropon": {
           "config.model.ffn": {"name": "polytropon", "num_skills": 8, "rank": 8,
                                "alpha": 8.0, "heads": 1, "share_allocation": True,
                                "sparsity_weight": 0.001},
-          "config.optim.frozen": frozen,
+          "config.optim.frozen": frozen("wrapped"),
           "config.optim.lr_multipliers": [["allocation/logits$", 10.0]]},
       "task_moe": {
           "config.model.ffn": {"name": "task_moe", "num_experts": 4, "top_k": 1,
                                "expert_d_ff": 1536, "gate": "softmax",
                                "straight_through": True, "temperature": 1.0,
                                "route_mode": "learned"},
-          "config.optim.frozen": [p for p in frozen if "/ffn/" not in p],
+          "config.optim.frozen": frozen("experts"),
           "config.optim.lr_multipliers": [[r"/ffn/(w_in|b_in|w_out|b_out)$", BACKBONE_LR],
                                           ["router/(task_embed|kernel)$", 10.0]]},
   }

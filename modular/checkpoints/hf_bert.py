@@ -184,11 +184,12 @@ def rows(num_layers: int) -> list[tuple[str, str, Callable]]:
 
 
 def _resolve(path: str, flat: dict[str, Any]) -> str | None:
-  """The model's path for a table path: as is, or under a wrapping FFN's ``base/``."""
-  if path in flat:
-    return path
+  """The model's path for a table path: under a wrapping FFN's ``base/`` if the model
+  has one (LoRA's own ``ffn/b_in`` is its B matrix, not the dense bias), else as is."""
   wrapped = path.replace("/ffn/", "/ffn/base/")
-  return wrapped if wrapped in flat else None
+  if wrapped != path and wrapped in flat:
+    return wrapped
+  return path if path in flat else None
 
 
 def convert(tensors: dict[str, np.ndarray], num_layers: int,
