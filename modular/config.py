@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -27,6 +28,7 @@ from modular import mtl as mtl_lib
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
+NONFINITE_ACTIONS = ("halt", "skip")
 
 
 def default_mesh_config() -> ml_collections.ConfigDict:
@@ -69,6 +71,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.frozen = []
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
+  # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
+  # except the paths matching a regex of unfreeze_pretrained (e.g. ["ln_"]).
+  c.freeze_pretrained = False
+  c.unfreeze_pretrained = []
   return c
 
 
@@ -89,6 +95,11 @@ def default_train_config() -> ml_collections.ConfigDict:
   # Block on every step's result. Needed on simulated CPU devices (jax-ml/jax#25861:
   # back-to-back sharded steps can deadlock in CPU collectives); "auto" = on for CPU.
   c.block_every_step = "auto"
+  # A step whose loss, gradient norm or new parameters are NaN/inf: "halt" stops the run
+  # with an error naming the step (nothing non-finite is saved); "skip" drops that update
+  # inside the compiled step and halts after max_consecutive_skips in a row.
+  c.on_nonfinite = "halt"
+  c.max_consecutive_skips = 10
   return c
 
 
@@ -160,8 +171,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   base = get_base_config()
   for section in ("data", "model", "mtl", "optim", "train", "mesh"):
     _require(section in cfg, section, "missing section")
+  check_known_keys(cfg, base)
+  check_finite(cfg)
   _check_types(cfg.optim, base.optim, "optim")
   _check_types(cfg.train, base.train, "train")
+  _check_types(cfg.model, base.model, "model")
   data_lib.validate_data_config(cfg.data)
   mtl_lib.validate_mtl_config(cfg.mtl)
   m = cfg.model
@@ -180,14 +194,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     _require("name" in m[slot], f"model.{slot}.name", "missing")
     _require(m[slot].name in registry, f"model.{slot}.name",
              f"unknown {m[slot].name!r}; known: {', '.join(registry.names())}")
-  o = cfg.optim
-  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
-  _require(o.schedule in SCHEDULES, "optim.schedule",
-           f"unknown {o.schedule!r}; known: {SCHEDULES}")
-  _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
-  for i, pair in enumerate(o.lr_multipliers):
-    _require(len(pair) == 2 and isinstance(pair[0], str), f"optim.lr_multipliers[{i}]",
-             f"must be a [regex, factor] pair, got {pair!r}")
+  _validate_optim(cfg.optim)
   t = cfg.train
   for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints"):
@@ -195,6 +202,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
              f"must be a positive int, got {t[key]!r}")
   _require(t.block_every_step in ("auto", True, False), "train.block_every_step",
            f"must be 'auto', True or False, got {t.block_every_step!r}")
+  _require(t.on_nonfinite in NONFINITE_ACTIONS, "train.on_nonfinite",
+           f"unknown {t.on_nonfinite!r}; known: {', '.join(NONFINITE_ACTIONS)}")
+  _require(t.max_consecutive_skips >= 1, "train.max_consecutive_skips",
+           f"must be a positive int, got {t.max_consecutive_skips!r}")
   known_axes = {"data", "fsdp", "model", "expert"}
   for k in cfg.mesh.shape:
     _require(k in known_axes, f"mesh.shape.{k}", f"unknown mesh axis; known: {sorted(known_axes)}")
@@ -212,6 +223,72 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     shards = math.prod(shape[a] for a in batch_axes if a is not None)
     _require(t.batch_size % shards == 0, "train.batch_size",
              f"{t.batch_size} is not divisible by the {shards} batch shards of mesh {shape}")
+
+
+def _validate_optim(o: ml_collections.ConfigDict) -> None:
+  """Names, ranges and regexes of the ``optim`` section (values are already finite)."""
+  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
+  _require(o.schedule in SCHEDULES, "optim.schedule",
+           f"unknown {o.schedule!r}; known: {SCHEDULES}")
+  _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
+  _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+  for key in ("end_lr_factor", "weight_decay", "grad_clip"):
+    _require(o[key] >= 0, f"optim.{key}", f"must be >= 0, got {o[key]}")
+  for key in ("b1", "b2"):
+    _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+  for i, pattern in enumerate(o.frozen):
+    _check_regex(pattern, f"optim.frozen[{i}]")
+  for i, pair in enumerate(o.lr_multipliers):
+    _require(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str),
+             f"optim.lr_multipliers[{i}]", f"must be a [regex, factor] pair, got {pair!r}")
+    _check_regex(pair[0], f"optim.lr_multipliers[{i}]")
+    _require(isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
+             and pair[1] >= 0, f"optim.lr_multipliers[{i}]",
+             f"factor must be a number >= 0, got {pair[1]!r}")
+
+
+def _check_regex(pattern: Any, key: str) -> None:
+  _require(isinstance(pattern, str), key, f"must be a regex string, got {pattern!r}")
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"config.{key}: bad regex {pattern!r} ({e})") from None
+
+
+def check_known_keys(cfg: Any, base: Any, prefix: str = "") -> None:
+  """Every key of ``cfg`` exists in ``base``, recursively; raises naming the first typo.
+
+  A sub-dict is compared key by key when its default is a non-empty dict without a
+  ``name``; a slot (``{"name": ..., options}``, whose options the filler checks) and an
+  empty default (a free-form table such as ``mtl.options``) are not.
+
+  Raises:
+    ValueError: ``config.<path>: unknown key; known: ...``.
+  """
+  for key in cfg:
+    path = f"{prefix}{key}"
+    _require(key in base, path, f"unknown key; known: {', '.join(sorted(base))}")
+    sub, default = cfg[key], base[key]
+    if (isinstance(sub, (dict, ml_collections.ConfigDict))
+        and isinstance(default, (dict, ml_collections.ConfigDict))
+        and len(default) and "name" not in default):
+      check_known_keys(sub, default, path + ".")
+
+
+def check_finite(value: Any, path: str = "") -> None:
+  """Every float anywhere in ``value`` (dicts, lists, tuples) is finite.
+
+  Raises:
+    ValueError: ``config.<path>: must be finite, got nan``.
+  """
+  if isinstance(value, float):
+    _require(math.isfinite(value), path, f"must be finite, got {value}")
+  elif isinstance(value, (dict, ml_collections.ConfigDict)):
+    for k in value:
+      check_finite(value[k], f"{path}.{k}" if path else str(k))
+  elif isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      check_finite(v, f"{path}[{i}]")
 
 
 def _check_types(cfg: ml_collections.ConfigDict, base: ml_collections.ConfigDict,

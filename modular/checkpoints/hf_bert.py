@@ -267,26 +267,28 @@ def import_params(params: Any, name: str, num_layers: int, num_heads: int) -> An
       lambda p, v: placed.get(path_str(p), v), params)
 
 
-def frozen_patterns(num_layers: int | None = None,
+def frozen_patterns(params: Any, num_layers: int,
                     unfreeze: tuple[str, ...] | list[str] = ()) -> list[str]:
-  """``optim.frozen`` regexes: every imported parameter, minus ``unfreeze``.
+  """``optim.frozen`` regexes: every parameter the table imports, minus ``unfreeze``.
 
   Args:
-    num_layers: unused for the patterns (layers match ``\\d+``); kept for symmetry.
-    unfreeze: regexes of imported paths to leave trainable (e.g. ``r"/ln_"`` for
-      the LayerNorms, as HyperFormer++ does).
+    params: the model's parameter dict (where a wrapped FFN keeps its dense weights).
+    num_layers: the model's layers.
+    unfreeze: regexes of imported paths to leave trainable (e.g. ``r"ln_"`` for the
+      LayerNorms, as HyperFormer++ does).
 
   Returns:
-    Anchored regexes, one per table row that ``unfreeze`` does not select; a wrapped
-    FFN's ``ffn/base/`` weights match too.
+    One anchored regex per imported parameter path that ``unfreeze`` does not select.
+
+  Raises:
+    CheckpointError: if the model lacks a path of the table.
   """
-  del num_layers
+  flat = flat_paths(params)
   out = []
-  for _, path, _ in MAPPING:
-    probe = path.format(i=0)
-    if any(re.search(u, probe) for u in unfreeze):
-      continue
-    pattern = re.escape(path).replace(re.escape("{i}"), r"\d+")
-    pattern = pattern.replace("/ffn/", "/ffn/(base/)?")
-    out.append(f"^{pattern}$")
+  for _, path, _ in rows(num_layers):
+    target = _resolve(path, flat)
+    if target is None:
+      raise CheckpointError(f"the model has no parameter {path!r} of the mapping table")
+    if not any(re.search(u, target) for u in unfreeze):
+      out.append(f"^{re.escape(target)}$")
   return out

@@ -78,7 +78,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def _error(key: str, message: str) -> ValueError:
-  return ValueError(f"data config key '{key}': {message}")
+  return ValueError(f"config.data.{key}: {message}")
 
 
 def builtin_task_names(cfg: Any) -> list[str]:

@@ -78,10 +78,10 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
     ValueError: naming ``external[index]`` and the offending key.
   """
   entry = _plain(entry)
-  where = f"data config key 'external[{index}]'"
+  where = f"config.data.external[{index}]"
 
   def where_key(key: str) -> str:
-    return f"data config key 'external[{index}].{key}'"
+    return f"config.data.external[{index}].{key}"
 
   if not isinstance(entry, Mapping):
     raise ValueError(f"{where}: expected a dict, got {type(entry).__name__}")

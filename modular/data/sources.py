@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
+from modular import filelock
 from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import external as external_lib
@@ -105,10 +107,18 @@ def external_builder(cfg: Any, task: external_lib.ExternalTask) -> tfds.core.Dat
                       file_format="array_record")
 
 
-def _prepare(make_builder: Any, *args: Any) -> dict[str, Source]:
-  """Creates a builder, prepares its data if missing, opens its splits."""
-  with _quiet_tfds():
-    builder = make_builder(*args)
+def _prepare(make_builder: Any, cfg: Any, *args: Any) -> dict[str, Source]:
+  """Creates a builder, prepares its data if missing, opens its splits.
+
+  Preparation holds ``data_dir/.prepare.lock`` (``modular.filelock``): a second run on
+  the same fresh data dir waits, then finds the data prepared and reads the same files
+  (TFDS would otherwise race on renaming its ``incomplete`` folders). On object stores
+  there is no lock: prepare the data dir once before starting concurrent runs.
+  """
+  root = config_lib.data_dir(cfg)
+  lock = os.path.join(root, ".prepare.lock")
+  with filelock.locked(lock, f"data dir {root}"), _quiet_tfds():
+    builder = make_builder(cfg, *args)
     builder.download_and_prepare()
   return builder.as_data_source()
 
