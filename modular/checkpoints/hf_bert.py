@@ -253,7 +253,12 @@ def import_params(params: Any, name: str, num_layers: int, num_heads: int) -> An
     if target is None:
       raise CheckpointError(f"{folder}: the model has no parameter {path!r} for the "
                             "checkpoint's tensor (is model.arch 'encoder'?)")
-    if tuple(flat[target].shape) != value.shape:
+    shape = tuple(flat[target].shape)
+    if "/ffn/" in target and len(shape) == value.ndim + 1 and shape[1:] == value.shape:
+      # Sparse upcycling (Komatsuzaki et al. 2023): every expert [E, ...] of a
+      # task-level MoE FFN starts as a copy of the dense FFN.
+      value = np.broadcast_to(value, shape).copy()
+    if shape != value.shape:
       raise CheckpointError(f"{folder}: tensor for {target!r} has shape {value.shape}, the "
                             f"model's is {tuple(flat[target].shape)}")
     placed[target] = value
