@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from modular import checkpoints
 from modular import config as config_lib
 from modular import filelock
 from modular import data as data_lib
@@ -81,6 +82,7 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   mesh = sharding_lib.make_mesh(cfg, devices)
   model = models_lib.build_model(cfg.model, seed=cfg.train.seed)
   fm, params, axes = FunctionalModel.split(model)
+  params = checkpoints.prepare_run(cfg, params)  # model.pretrained's weights, frozen set
   tx, schedule = make_optimizer(cfg.optim, params, cfg.train.steps)
   method = mtl_lib.build(cfg.mtl, params)
   repl = sharding_lib.replicated(mesh)
