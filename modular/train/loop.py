@@ -247,13 +247,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     lock = filelock.FileLock(os.path.join(workdir, ".lock"), f"workdir {workdir}")
     lock.acquire(blocking=False)
   try:
-    return _train(run, workdir, stop_at)
+    return _train(run, workdir, stop_at, on_eval)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(run: Run, workdir: str, stop_at: int | None) -> dict[str, Any]:
+def _train(run: Run, workdir: str, stop_at: int | None,
+           on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
   cfg = run.cfg
   lead = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
