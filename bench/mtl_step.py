@@ -354,6 +354,9 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="T = 4 only, 2 rounds, PCGrad/MGDA only (a smoke run)")
   parser.add_argument("--no-libmtl", action="store_true", help="skip the PyTorch side")
+  parser.add_argument("--methods", default="",
+                      help="comma-separated methods for --all-methods (default: every one); "
+                           "also limits the combine/Gram-space timings to them")
   parser.add_argument("--all-methods", action="store_true",
                       help="time every registered method's full step (and LibMTL's same "
                            "method) at the --methods-at T values")
@@ -365,10 +368,14 @@ def main(argv=None):
   methods_at = set() if args.quick else {int(t) for t in args.methods_at.split(",") if t}
   rows, t_start = [], time.perf_counter()
   for num_tasks in tasks:
-    listed = ALL_METHODS if args.all_methods else METHODS
+    chosen = tuple(m for m in args.methods.split(",") if m)
+    listed = (chosen or ALL_METHODS) if args.all_methods else METHODS
     step_methods = listed if num_tasks in methods_at else ("pcgrad",)
+    combine = ("pcgrad", "mgda") if args.quick else METHODS
+    if chosen:
+      combine = tuple(m for m in chosen if m in METHODS) or ("pcgrad",)
     r = bench(num_tasks, reps, step_methods, libmtl=not args.no_libmtl,
-              combine_methods=("pcgrad", "mgda") if args.quick else METHODS)
+              combine_methods=combine)
     r.update(ratios(r))
     rows.append(r)
     print(f"T={num_tasks} done ({time.perf_counter() - t_start:.0f} s, "
