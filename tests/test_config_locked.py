@@ -25,10 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _nodes(cfg, prefix=""):
-  """Dotted paths of every ConfigDict in ``cfg`` ("" is the top level)."""
+  """Dotted paths of every locked ConfigDict in ``cfg`` ("" is the top level).
+
+  ``mtl.options`` is free-form (the method's class names its options; a typo there
+  is caught by ``validate``: ``config.mtl.options.<key>: unknown option of ...``).
+  """
   yield prefix
   for k in cfg.keys():
-    if isinstance(cfg[k], ml_collections.ConfigDict):
+    if isinstance(cfg[k], ml_collections.ConfigDict) and cfg[k].is_locked:
       yield from _nodes(cfg[k], f"{prefix}.{k}" if prefix else k)
 
 
