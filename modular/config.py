@@ -71,6 +71,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.frozen = []
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
+  # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
+  # except the paths matching a regex of unfreeze_pretrained (e.g. ["ln_"]).
+  c.freeze_pretrained = False
+  c.unfreeze_pretrained = []
   return c
 
 
@@ -83,6 +87,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # Save the initial parameters as step 0 and never delete them: the untrained control
+  # that modular-analyze reports beside the trained model.
+  c.keep_step0 = True
   # A trained run's workdir: a fresh run starts from its parameters wherever path and
   # shape match (e.g. train adapters on a trained backbone with optim.frozen).
   c.init_from = ""
@@ -119,8 +126,16 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Fills model sizes that come from the data (vocab, sequence length, task count)."""
+  """Fills model sizes that come from the data (vocab, sequence length, task count).
+
+  Text tasks (``data.wordnet``) take their tokenizer from ``model.pretrained`` when
+  ``data.tokenizer`` is empty, and give the head its per-task class counts.
+  """
   with cfg.unlocked():
+    if data_lib.is_classification(cfg.data):
+      cfg.data.tokenizer = cfg.data.tokenizer or cfg.model.get("pretrained", "")
+      cfg.model.head = ml_collections.ConfigDict(
+          dict(cfg.model.head.to_dict(), num_classes=data_lib.num_classes(cfg.data)))
     cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
     cfg.model.seq_len = cfg.data.seq_len
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))

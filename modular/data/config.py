@@ -26,6 +26,11 @@ Fields (``default_data_config()``):
   data_seed    0    generation of the built-in datasets (kept apart from
                     ``seed`` so that training seeds share one dataset)
   external     []   external TFDS tasks, see ``modular.data.external``
+  wordnet      []   WordNet classification tasks (``modular.data.classification``);
+                    they cannot share a run with the next-token tasks above
+  tokenizer    ""   checkpoint name or folder whose tokenizer encodes text tasks
+                    ("": config.model.pretrained's, filled by ``fill_derived``;
+                    all-MiniLM-L6-v2's where no model config is at hand)
 
 The ConfigDict is not type-safe (``type_safe=False``) so that ``tasks`` and
 ``weights`` can be overridden with strings from the command line;
@@ -40,6 +45,7 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
+from modular.data import classification as classification_lib
 from modular.data import external as external_lib
 from modular.data import tasks as tasks_lib
 from modular.data import vocab
@@ -69,6 +75,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       seed=0,
       data_seed=0,
       external=[],
+      wordnet=[],
+      tokenizer="",
   ), type_safe=False)
 
 
@@ -97,12 +105,15 @@ def external_tasks(cfg: Any) -> list[external_lib.ExternalTask]:
 
 
 def task_names(cfg: Any) -> list[str]:
-  """All task names in task-id order: built-ins, then external tasks."""
-  return builtin_task_names(cfg) + [t.name for t in external_tasks(cfg)]
+  """All task names in task-id order: built-ins, external tasks, WordNet tasks."""
+  return (builtin_task_names(cfg) + [t.name for t in external_tasks(cfg)]
+          + classification_lib.wordnet_task_names(cfg))
 
 
 def vocab_size(cfg: Any) -> int:
-  """Vocabulary size of the data config (depends on ``n_symbols`` only)."""
+  """Vocabulary size: the tokenizer's for text tasks, else from ``n_symbols`` alone."""
+  if classification_lib.is_classification(cfg):
+    return classification_lib.vocab_size(cfg)
   return vocab.vocab_size(cfg.n_symbols)
 
 
@@ -225,6 +236,8 @@ def validate_data_config(cfg: Any) -> None:
   builtin_num_train(cfg)
   externals = external_tasks(cfg)
   names = builtins + [t.name for t in externals]
+  classification_lib.validate(cfg, names)
+  names += classification_lib.wordnet_task_names(cfg)
   if not names:
     raise _error("tasks", "no tasks: list built-in tasks or add external ones")
   if len(set(names)) != len(names):

@@ -7,7 +7,9 @@ examples takes well under a second) and returns, per task, ``{"train": source,
 (``MemoizedSource``). Every source has ``len`` and ``source[i]`` and yields
 ``{"prompt": int32 [P], "answer": int32 [A], "task": name}`` in symbol indices,
 whether the task is built in or comes from an external TFDS dataset (whose
-``eval_split`` is exposed as "test"). Nothing here imports TensorFlow.
+``eval_split`` is exposed as "test"); a WordNet task's source yields token ids,
+``{"inputs", "token_type", "label", ...}`` (``modular.data.classification``).
+Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 import tensorflow_datasets as tfds
 
 from modular import filelock
+from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import external as external_lib
 from modular.data.builders.algorithmic import AlgorithmicTasks
@@ -139,6 +142,9 @@ def build_task_sources(cfg: Any) -> dict[str, dict[str, Source]]:
     splits = _prepare(builtin_builder, cfg, name)
     out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   out.update(external_sources(cfg))
+  for name in classification_lib.wordnet_task_names(cfg):
+    splits = _prepare(classification_lib.builder, cfg, name, config_lib.data_dir(cfg))
+    out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   return out
 
 
@@ -168,4 +174,4 @@ def train_sizes(cfg: Any) -> list[int]:
   """
   sizes = list(config_lib.builtin_num_train(cfg).values())
   sizes += [len(splits["train"]) for splits in external_sources(cfg).values()]
-  return sizes
+  return sizes + classification_lib.train_sizes(cfg)

@@ -42,12 +42,17 @@ class Checkpointer:
     workdir: the run folder.
     keep: how many recent checkpoints to keep.
     async_save: save in a background thread.
+    keep_steps: steps never deleted (step 0: the untrained control for analysis).
   """
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+               keep_steps: tuple[int, ...] = ()):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep),
+        ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
