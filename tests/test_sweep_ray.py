@@ -123,8 +123,9 @@ def params(run_dir) -> dict[str, np.ndarray]:
 
 
 def finalized_checkpoint(run_dir: str) -> bool:
+  """A finished checkpoint after step 0 (step 0 is the untrained control)."""
   d = os.path.join(run_dir, "checkpoints")
-  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+  return os.path.isdir(d) and any(n.isdigit() and int(n) > 0 for n in os.listdir(d))
 
 
 class KillWorkerOnce(tune.Callback):
