@@ -25,6 +25,25 @@ def _fail(msg: str) -> None:
   raise SystemExit(2)
 
 
+def load_and_override(path: str, overrides: dict[str, str]):
+  """The config file's ConfigDict with ``--config.x=v`` applied; one line on any error.
+
+  Overrides use ``modular.overrides`` rather than ml_collections' ``config_flags``:
+  config_flags cannot override list fields (``optim.frozen``, ``data.tasks``,
+  ``mtl.task_specific``: "Type list ... is not supported for overriding") and names an
+  unknown key without its section ("'stepz' Did you mean steps"), while the sweep axes
+  set the same dotted keys through the same ``apply_override``. The base config is
+  locked as with ``config_flags(lock_config=True)``.
+  """
+  try:
+    cfg = load_config_file(path)
+    for k, v in overrides.items():
+      apply_override(cfg, k, v)
+  except (ValueError, FileNotFoundError) as e:
+    _fail(str(e))
+  return cfg
+
+
 def train_main(argv: list[str] | None = None) -> None:
   """Entry point of ``modular-train``."""
   overrides, rest = parse_overrides(sys.argv[1:] if argv is None else argv)
@@ -38,18 +57,18 @@ def train_main(argv: list[str] | None = None) -> None:
     import jax
     jax.distributed.initialize()
   from modular import config as config_lib
+  from modular import filelock
   from modular.train import checkpoint as ckpt_lib
   from modular.train import loop
+  cfg = load_and_override(args.config, overrides)
   try:
-    cfg = load_config_file(args.config)
-    for k, v in overrides.items():
-      apply_override(cfg, k, v)
     config_lib.validate(cfg)
-  except (ValueError, FileNotFoundError) as e:
+  except ValueError as e:
     _fail(str(e))
   try:
     summary = loop.train(cfg, args.workdir)
-  except (ValueError, ckpt_lib.CheckpointError) as e:
+  except (ValueError, FileNotFoundError, ckpt_lib.CheckpointError, loop.NonfiniteError,
+          filelock.LockHeldError) as e:
     _fail(str(e))
   print(f"done: {summary['end_step']} steps in {args.workdir} "
         f"({summary['steps_per_s'] or 0:.1f} steps/s)")

@@ -71,6 +71,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.frozen = []
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
+  # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
+  # except the paths matching a regex of unfreeze_pretrained (e.g. ["ln_"]).
+  c.freeze_pretrained = False
+  c.unfreeze_pretrained = []
   return c
 
 
@@ -112,6 +116,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim = default_optim_config()
   c.train = default_train_config()
   c.mesh = default_mesh_config()
+  c.lock()  # a typo in a config file (c.model.d_modle = 16) fails where it is written
   return c
 
 
@@ -121,8 +126,16 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Fills model sizes that come from the data (vocab, sequence length, task count)."""
+  """Fills model sizes that come from the data (vocab, sequence length, task count).
+
+  Text tasks (``data.wordnet``) take their tokenizer from ``model.pretrained`` when
+  ``data.tokenizer`` is empty, and give the head its per-task class counts.
+  """
   with cfg.unlocked():
+    if data_lib.is_classification(cfg.data):
+      cfg.data.tokenizer = cfg.data.tokenizer or cfg.model.get("pretrained", "")
+      cfg.model.head = ml_collections.ConfigDict(
+          dict(cfg.model.head.to_dict(), num_classes=data_lib.num_classes(cfg.data)))
     cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
     cfg.model.seq_len = cfg.data.seq_len
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))
@@ -168,7 +181,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   _check_types(cfg.train, base.train, "train")
   _check_types(cfg.model, base.model, "model")
   data_lib.validate_data_config(cfg.data)
-  mtl_lib.validate_mtl_config(cfg.mtl)
+  try:
+    mtl_lib.validate_mtl_config(cfg.mtl)
+  except ValueError as e:  # one format for every section: config.mtl.<key>: ...
+    raise ValueError(f"config.{e}" if str(e).startswith("mtl.") else str(e)) from None
   m = cfg.model
   for key in ("d_model", "num_heads", "num_layers", "d_ff"):
     _require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",

@@ -158,6 +158,14 @@ def example_weights(batch: dict, xp=jnp):
   return (xp.asarray(batch["mask"]).sum(-1) > 0).astype(xp.float32)
 
 
+def task_counts(batch: dict, num_tasks: int) -> jax.Array:
+  """[T] answer tokens (next-token) or labelled examples (classification) of each task."""
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
+  if is_classification(batch):
+    return onehot.T @ example_weights(batch)
+  return onehot.T @ batch["mask"].astype(jnp.float32).sum(-1)
+
+
 def tasks_present(batch: dict, num_tasks: int) -> jax.Array:
   """[T] 1.0 for the tasks with at least one example carrying a loss in ``batch``."""
   onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from modular.analysis.batches import Batch, example_valid
+from modular import objective
 from modular.analysis.noise import RELATIVE_FLOOR, floored, noise_floor
-from modular.objective import FunctionalModel, Params, token_losses
+from modular.objective import FunctionalModel, Params
 
 
 @dataclasses.dataclass
@@ -57,13 +58,12 @@ class HeadImportance:
 
 
 def example_losses(logits: jax.Array, batch: dict) -> jax.Array:
-  """Per-example mean cross-entropy over answer tokens: [B, L, V] -> [B].
+  """Per-example loss [B]: mean cross-entropy over answer tokens ([B, L, V] logits), or
+  the class cross-entropy of a classification batch ([B, C] logits).
 
-  Examples without answer tokens get 0.
+  Examples without answer tokens (or with label -1) get 0.
   """
-  mask = batch["mask"].astype(jnp.float32)  # [B, L]
-  tok = token_losses(logits, batch["targets"]) * mask  # [B, L]
-  return tok.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+  return objective.example_losses(logits, batch)
 
 
 def ones_gates(fm: FunctionalModel, batch_size: int | None = None) -> jax.Array:

@@ -37,6 +37,37 @@ def load_pretrained(model_cfg: ml_collections.ConfigDict, params: Any) -> Any:
   return hf_bert.import_params(params, name, model_cfg.num_layers, model_cfg.num_heads)
 
 
+def prepare_run(cfg: ml_collections.ConfigDict, params: Any) -> Any:
+  """Imports ``cfg.model.pretrained`` into ``params``; extends ``cfg.optim.frozen``.
+
+  With ``optim.freeze_pretrained`` (the parameter-efficient mode on a pretrained
+  backbone) every imported parameter is frozen except those matching a regex of
+  ``optim.unfreeze_pretrained`` (e.g. ``["ln_"]``: the LayerNorms train, as in
+  HyperFormer++). The frozen list is written into ``cfg.optim.frozen`` (so the saved
+  config records it) before the optimizer is built.
+
+  Args:
+    cfg: the full config (sizes filled in).
+    params: the freshly initialized parameters.
+
+  Returns:
+    The parameters with the checkpoint's weights (unchanged without ``pretrained``).
+  """
+  if not cfg.model.get("pretrained", ""):
+    if cfg.optim.get("freeze_pretrained", False):
+      raise CheckpointError("config.optim.freeze_pretrained: set, but config.model.pretrained "
+                            "names no checkpoint")
+    return params
+  params = load_pretrained(cfg.model, params)
+  if cfg.optim.get("freeze_pretrained", False):
+    frozen = frozen_patterns(params, cfg.model.num_layers,
+                             unfreeze=list(cfg.optim.get("unfreeze_pretrained", [])))
+    with cfg.unlocked():
+      cfg.optim.frozen = list(cfg.optim.frozen) + [p for p in frozen
+                                                   if p not in cfg.optim.frozen]
+  return params
+
+
 def pretrained_model_config(name: str = hf_bert.DEFAULT, *, seq_len: int, num_tasks: int = 1,
                             head: dict | None = None, **slots: dict
                             ) -> ml_collections.ConfigDict:
@@ -75,5 +106,6 @@ def build_pretrained(model_cfg: ml_collections.ConfigDict, seed: int = 0):
   return fm, load_pretrained(model_cfg, params), axes
 
 
-__all__ = ["build_pretrained", "pretrained_model_config","CheckpointError", "encode", "fill_model_config", "frozen_patterns", "hf_bert",
-           "load_pretrained", "load_tokenizer"]
+__all__ = ["CheckpointError", "build_pretrained", "prepare_run", "encode", "fill_model_config",
+           "frozen_patterns", "hf_bert", "load_pretrained", "load_tokenizer",
+           "pretrained_model_config"]

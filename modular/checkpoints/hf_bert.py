@@ -184,11 +184,12 @@ def rows(num_layers: int) -> list[tuple[str, str, Callable]]:
 
 
 def _resolve(path: str, flat: dict[str, Any]) -> str | None:
-  """The model's path for a table path: as is, or under a wrapping FFN's ``base/``."""
-  if path in flat:
-    return path
+  """The model's path for a table path: under a wrapping FFN's ``base/`` if the model
+  has one (LoRA's own ``ffn/b_in`` is its B matrix, not the dense bias), else as is."""
   wrapped = path.replace("/ffn/", "/ffn/base/")
-  return wrapped if wrapped in flat else None
+  if wrapped != path and wrapped in flat:
+    return wrapped
+  return path if path in flat else None
 
 
 def convert(tensors: dict[str, np.ndarray], num_layers: int,
@@ -252,7 +253,12 @@ def import_params(params: Any, name: str, num_layers: int, num_heads: int) -> An
     if target is None:
       raise CheckpointError(f"{folder}: the model has no parameter {path!r} for the "
                             "checkpoint's tensor (is model.arch 'encoder'?)")
-    if tuple(flat[target].shape) != value.shape:
+    shape = tuple(flat[target].shape)
+    if "/ffn/" in target and len(shape) == value.ndim + 1 and shape[1:] == value.shape:
+      # Sparse upcycling (Komatsuzaki et al. 2023): every expert [E, ...] of a
+      # task-level MoE FFN starts as a copy of the dense FFN.
+      value = np.broadcast_to(value, shape).copy()
+    if shape != value.shape:
       raise CheckpointError(f"{folder}: tensor for {target!r} has shape {value.shape}, the "
                             f"model's is {tuple(flat[target].shape)}")
     placed[target] = value
@@ -261,26 +267,28 @@ def import_params(params: Any, name: str, num_layers: int, num_heads: int) -> An
       lambda p, v: placed.get(path_str(p), v), params)
 
 
-def frozen_patterns(num_layers: int | None = None,
+def frozen_patterns(params: Any, num_layers: int,
                     unfreeze: tuple[str, ...] | list[str] = ()) -> list[str]:
-  """``optim.frozen`` regexes: every imported parameter, minus ``unfreeze``.
+  """``optim.frozen`` regexes: every parameter the table imports, minus ``unfreeze``.
 
   Args:
-    num_layers: unused for the patterns (layers match ``\\d+``); kept for symmetry.
-    unfreeze: regexes of imported paths to leave trainable (e.g. ``r"/ln_"`` for
-      the LayerNorms, as HyperFormer++ does).
+    params: the model's parameter dict (where a wrapped FFN keeps its dense weights).
+    num_layers: the model's layers.
+    unfreeze: regexes of imported paths to leave trainable (e.g. ``r"ln_"`` for the
+      LayerNorms, as HyperFormer++ does).
 
   Returns:
-    Anchored regexes, one per table row that ``unfreeze`` does not select; a wrapped
-    FFN's ``ffn/base/`` weights match too.
+    One anchored regex per imported parameter path that ``unfreeze`` does not select.
+
+  Raises:
+    CheckpointError: if the model lacks a path of the table.
   """
-  del num_layers
+  flat = flat_paths(params)
   out = []
-  for _, path, _ in MAPPING:
-    probe = path.format(i=0)
-    if any(re.search(u, probe) for u in unfreeze):
-      continue
-    pattern = re.escape(path).replace(re.escape("{i}"), r"\d+")
-    pattern = pattern.replace("/ffn/", "/ffn/(base/)?")
-    out.append(f"^{pattern}$")
+  for _, path, _ in rows(num_layers):
+    target = _resolve(path, flat)
+    if target is None:
+      raise CheckpointError(f"the model has no parameter {path!r} of the mapping table")
+    if not any(re.search(u, target) for u in unfreeze):
+      out.append(f"^{re.escape(target)}$")
   return out

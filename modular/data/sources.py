@@ -7,7 +7,9 @@ examples takes well under a second) and returns, per task, ``{"train": source,
 (``MemoizedSource``). Every source has ``len`` and ``source[i]`` and yields
 ``{"prompt": int32 [P], "answer": int32 [A], "task": name}`` in symbol indices,
 whether the task is built in or comes from an external TFDS dataset (whose
-``eval_split`` is exposed as "test"). Nothing here imports TensorFlow.
+``eval_split`` is exposed as "test"); a WordNet task's source yields token ids,
+``{"inputs", "token_type", "label", ...}`` (``modular.data.classification``).
+Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Iterator
 import tensorflow_datasets as tfds
 
 from modular import filelock
+from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import external as external_lib
 from modular.data.builders.algorithmic import AlgorithmicTasks
@@ -90,7 +93,8 @@ def builtin_builder(cfg: Any, task: str) -> AlgorithmicTasks:
     An ``AlgorithmicTasks`` builder whose config name encodes the parameters.
   """
   config = make_config(task, n_symbols=cfg.n_symbols, min_len=cfg.min_len,
-                       max_len=cfg.max_len, num_train=cfg.num_train,
+                       max_len=cfg.max_len,
+                       num_train=config_lib.builtin_num_train(cfg)[task],
                        num_test=cfg.num_eval, seed=cfg.data_seed)
   return AlgorithmicTasks(config=config, data_dir=config_lib.data_dir(cfg),
                           file_format="array_record")
@@ -138,6 +142,9 @@ def build_task_sources(cfg: Any) -> dict[str, dict[str, Source]]:
     splits = _prepare(builtin_builder, cfg, name)
     out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   out.update(external_sources(cfg))
+  for name in classification_lib.wordnet_task_names(cfg):
+    splits = _prepare(classification_lib.builder, cfg, name, config_lib.data_dir(cfg))
+    out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   return out
 
 
@@ -165,6 +172,6 @@ def train_sizes(cfg: Any) -> list[int]:
 
   Built-in sizes come from the config; external sizes need their sources.
   """
-  sizes = [cfg.num_train] * len(config_lib.builtin_task_names(cfg))
+  sizes = list(config_lib.builtin_num_train(cfg).values())
   sizes += [len(splits["train"]) for splits in external_sources(cfg).values()]
-  return sizes
+  return sizes + classification_lib.train_sizes(cfg)

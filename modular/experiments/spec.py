@@ -43,6 +43,15 @@ class hyper:  # noqa: N801 - used as a namespace, like big_vision's
   def chain(*lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for lst in lists for d in lst]
 
+  @staticmethod
+  def named(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One point that sets several keys under a short name (its folder and table row).
+
+    Its table columns are the name and the scalar-valued keys; structured values
+    (module dicts, frozen-path lists) are in the run's ``config.json``.
+    """
+    return {NAME_KEY: name, **overrides}
+
 
 class Point(NamedTuple):
   """One run of a sweep.
@@ -50,7 +59,8 @@ class Point(NamedTuple):
   Attributes:
     name: its folder name under the sweep folder (unique within the sweep).
     cfg: its full config (validated).
-    overrides: the sweep's ``{"config.<key>": value}`` for it.
+    overrides: the sweep's ``{"config.<key>": value}`` for it (for a ``hyper.named``
+      point: its name and scalar-valued keys, the table's columns).
   """
 
   name: str
@@ -59,6 +69,8 @@ class Point(NamedTuple):
 
 
 BASELINE_PREFIX = "single-"
+# A point's optional short name (folder and table row): {"name": "lora", "config.x": ...}.
+NAME_KEY = "name"
 
 
 def run_name(overrides: dict[str, Any]) -> str:
@@ -85,7 +97,12 @@ def _points(experiment: str, base: ml_collections.ConfigDict, raw: list[dict[str
             source: str, prefix: str) -> list[Point]:
   points = []
   for i, overrides in enumerate(raw):
-    name = prefix + run_name(overrides)
+    overrides = dict(overrides)
+    label = overrides.pop(NAME_KEY, None)  # a point that sets many keys names itself
+    name = prefix + (re.sub(r"[^A-Za-z0-9_.,=+-]", "_", str(label)) if label is not None
+                     else run_name(overrides))
+    shown = overrides if label is None else {NAME_KEY: label, **{
+        k: v for k, v in overrides.items() if isinstance(v, (str, int, float, bool))}}
     where = f"{experiment}: {source} point {i} ({name})"
     cfg = ml_collections.ConfigDict(base.to_dict())
     try:
@@ -96,7 +113,7 @@ def _points(experiment: str, base: ml_collections.ConfigDict, raw: list[dict[str
       config_lib.validate(cfg)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-    points.append(Point(name, cfg, dict(overrides)))
+    points.append(Point(name, cfg, shown))
   return points
 
 

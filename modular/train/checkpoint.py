@@ -142,10 +142,9 @@ def read_data_state(data_dir: str) -> Any:
   own = folder / f"process_{index}-of-{count}.json"
   if own.exists():
     return json.loads(own.read_text())
-  legacy = [p for p in folder.iterdir() if not p.name.startswith("process_")] \
-      if folder.exists() else []
-  if legacy and not list(folder.glob("process_*.json")):
-    return json.loads(legacy[0].read_text())
+  legacy = folder / "metadata"  # orbax's JsonSave layout, one file for all processes
+  if legacy.exists() and not list(folder.glob("process_*.json")):
+    return json.loads(legacy.read_text())
   raise FileNotFoundError(f"{own} not found (saved by another number of processes?)")
 
 
@@ -211,9 +210,15 @@ def load_for_analysis(workdir: str, step: int | None = None):
   config_lib.fill_derived(cfg)
   fm, params, _ = FunctionalModel.split(models_lib.build_model(cfg.model, cfg.train.seed))
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=False)
+  saved = ckpt.all_steps()
   step = ckpt.latest_step() if step is None else step
   if step is None:
+    ckpt.close()
     raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
+  if step not in saved:
+    ckpt.close()
+    raise CheckpointError(f"--step {step}: that step was not saved in {ckpt.directory}; "
+                          f"saved steps: {sorted(saved)}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           params)
