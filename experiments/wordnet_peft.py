@@ -27,7 +27,9 @@ batch 16, 120 steps (1920 examples, ~480 per task), one seed, 256 held-out examp
 per task. ``:ci`` shrinks every run to 4 steps on
 length 16 and 32 held-out examples per task.
 
-``trainable_parameters(cfg)`` counts what a run trains (for the README's table).
+``trainable_parameters(cfg)`` counts what a run trains; ``python
+experiments/wordnet_peft.py runs/wordnet_peft`` prints the README's table (per-task
+accuracy, trainable parameters, Δm on accuracy over the single-task baselines).
 
 References:
   Hu et al. 2022 (LoRA); Houlsby et al. 2019 (adapters); Karimi Mahabadi et al. 2021
@@ -49,60 +51,39 @@ BACKBONE_LR = 0.05  # full fine-tuning and upcycled experts: 5e-5 with the base 
 IMPORTED = r"^(embed|pos_embed|type_embed|ln_embed/.*|blocks/\d+/.*)$"
 
 
-def frozen(ffn: str = "dense", unfreeze: tuple[str, ...] = ()) -> list[str]:
-  """``optim.frozen``: every tensor imported from the checkpoint, minus ``unfreeze``.
-
-  Args:
-    ffn: "dense" (the FFN's own weights are the imported ones), "wrapped" (LoRA and
-      Polytropon keep the dense FFN under ``ffn/base/``) or "experts" (the upcycled
-      task-MoE experts train: no FFN weight is frozen).
-    unfreeze: names of the imported groups to leave trainable ("ln": the LayerNorms).
-
-  Returns:
-    Anchored regexes over parameter paths (``modular.checkpoints.hf_bert.MAPPING``).
-  """
-  groups = {
-      "embed": [r"^(embed|pos_embed|type_embed)$"],
-      "ln": [r"^ln_embed/(scale|bias)$", r"^blocks/\d+/(ln_attn|ln_ffn)/(scale|bias)$"],
-      "attn": [r"^blocks/\d+/attn/(wq|bq|wk|bk|wv|bv|wo|bo)$"],
-      "ffn": {"dense": [r"^blocks/\d+/ffn/(w_in|b_in|w_out|b_out)$"],
-              "wrapped": [r"^blocks/\d+/ffn/base/(w_in|b_in|w_out|b_out)$"],
-              "experts": []}[ffn],
-  }
-  return [p for name, patterns in groups.items() if name not in unfreeze for p in patterns]
-
-
 def methods() -> dict[str, dict]:
   """Each adaptation method's config overrides (``{"config.<key>": value}``)."""
   return {
       "full": {"config.optim.lr_multipliers": [[IMPORTED, BACKBONE_LR]]},
       "lora": {
           "config.model.ffn": {"name": "lora", "rank": 8, "alpha": 16.0, "per_task": True},
-          "config.optim.frozen": frozen("wrapped")},
+          "config.optim.freeze_pretrained": True},
       "adapters": {
           "config.model.adapter_attn": {"name": "bottleneck", "reduction_factor": 8,
                                         "per_task": True},
           "config.model.adapter_ffn": {"name": "bottleneck", "reduction_factor": 8,
                                        "per_task": True},
-          "config.optim.frozen": frozen()},
+          "config.optim.freeze_pretrained": True},
       "hyperformer": {
           "config.model.adapter_attn": {"name": "hyperformer", "task_embed_dim": 32,
                                         "hidden_dim": 64, "proj_dim": 16,
                                         "reduction_factor": 8},
           "config.model.adapter_ffn": {"name": "hyperformer"},
-          "config.optim.frozen": frozen(unfreeze=("ln",))},
+          "config.optim.freeze_pretrained": True,
+          "config.optim.unfreeze_pretrained": ["ln_"]},
       "polytropon": {
           "config.model.ffn": {"name": "polytropon", "num_skills": 8, "rank": 8,
                                "alpha": 8.0, "heads": 1, "share_allocation": True,
                                "sparsity_weight": 0.001},
-          "config.optim.frozen": frozen("wrapped"),
+          "config.optim.freeze_pretrained": True,
           "config.optim.lr_multipliers": [["allocation/logits$", 10.0]]},
       "task_moe": {
           "config.model.ffn": {"name": "task_moe", "num_experts": 4, "top_k": 1,
                                "expert_d_ff": 1536, "gate": "softmax",
                                "straight_through": True, "temperature": 1.0,
                                "route_mode": "learned"},
-          "config.optim.frozen": frozen("experts"),
+          "config.optim.freeze_pretrained": True,
+          "config.optim.unfreeze_pretrained": ["/ffn/"],
           "config.optim.lr_multipliers": [[r"/ffn/(w_in|b_in|w_out|b_out)$", BACKBONE_LR],
                                           ["router/(task_embed|kernel)$", 10.0]]},
   }
@@ -161,16 +142,74 @@ def get_baselines(h):
 
 
 def trainable_parameters(cfg) -> int:
-  """The number of parameters a run of ``cfg`` trains (everything ``optim.frozen`` misses).
+  """The number of parameters a run of ``cfg`` trains.
 
-  Builds the model abstractly (``nnx.eval_shape``), so it allocates nothing.
+  Everything but ``optim.frozen`` and, with ``optim.freeze_pretrained``, the imported
+  tensors (``checkpoints.frozen_patterns``, as the loop freezes them). Builds the model
+  abstractly (``nnx.eval_shape``), so it allocates and imports nothing.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
+  from modular import checkpoints  # pylint: disable=g-import-not-at-top
   from modular import config as config_lib  # pylint: disable=g-import-not-at-top
   from modular import models  # pylint: disable=g-import-not-at-top
   from modular.paths import flat_paths  # pylint: disable=g-import-not-at-top
   cfg = config_lib.fill_derived(cfg)
   model = nnx.eval_shape(lambda: models.build_model(cfg.model))
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  frozen = list(cfg.optim.frozen)
+  if cfg.optim.freeze_pretrained:
+    frozen += checkpoints.frozen_patterns(params, cfg.model.num_layers,
+                                          unfreeze=list(cfg.optim.unfreeze_pretrained))
   return sum(int(v.size) for path, v in flat_paths(params).items()
-             if not any(re.search(p, path) for p in cfg.optim.frozen))
+             if not any(re.search(p, path) for p in frozen))
+
+
+def table(workdir: str) -> str:
+  """The README's table from a finished (or partial) sweep folder.
+
+  One row per run of ``results.csv``: per-task held-out accuracy, their mean, the
+  trainable parameter count and Δm over the single-task baselines on accuracy (percent,
+  ``modular.experiments.delta_m``; the sweep's own ``delta_m`` column also averages
+  the loss). Pending and failed runs keep their row with empty cells.
+
+  Args:
+    workdir: the ``modular-sweep`` folder of this experiment.
+
+  Returns:
+    A Markdown table.
+  """
+  import csv  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from modular.experiments import delta_m, expand, expand_baselines  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, "results.csv")) as f:
+    rows = list(csv.DictReader(f))
+  points = {p.name: p for p in expand(__file__) + expand_baselines(__file__)}
+
+  def acc(r, t):
+    v = r.get(f"accuracy/{t}", "")
+    return float(v) if v else None
+
+  single = {"accuracy": {}}
+  for r in rows:
+    if r["run"].startswith("single-") and r["status"] == "finished":
+      single["accuracy"].update({t: acc(r, t) for t in TASKS if acc(r, t) is not None})
+  lines = ["| run | " + " | ".join(TASKS) + " | mean | trainable params | Δm (acc, %) |",
+           "|---" * (len(TASKS) + 4) + "|"]
+  for r in rows:
+    vals = [acc(r, t) for t in TASKS]
+    cells = ["" if v is None else f"{v:.3f}" for v in vals]
+    have = [v for v in vals if v is not None]
+    mean = f"{sum(have) / len(have):.3f}" if have and not r["run"].startswith("single-") else ""
+    dm = ""
+    if have and not r["run"].startswith("single-") and single["accuracy"]:
+      evals = {"accuracy": {t: v for t, v in zip(TASKS, vals) if v is not None}}
+      dm = f"{delta_m(evals, single, ('accuracy',)):+.1f}"
+    status = "" if r["status"] == "finished" else f" ({r['status']})"
+    params = f"{trainable_parameters(points[r['run']].cfg):,}" if r["run"] in points else ""
+    lines.append(f"| {r['run']}{status} | " + " | ".join(cells) + f" | {mean} | {params} | {dm} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  import sys  # pylint: disable=g-import-not-at-top
+  print(table(sys.argv[1] if len(sys.argv) > 1 else "runs/wordnet_peft"))
