@@ -63,24 +63,23 @@ def chance_accuracy(batches: Sequence[Batch], num_tasks: int) -> np.ndarray:
   """Majority-baseline token accuracy of every task.
 
   Args:
-    batches: evaluation batches (targets [B, L], mask [B, L], task_id [B]; or, for
-      classification, label [B] and task_id [B]).
+    batches: evaluation batches (targets [B, L], mask [B, L], task_id [B]).
     num_tasks: T.
 
   Returns:
-    [T] share of each task's answer tokens (or labels) equal to its most frequent one
-    (NaN for a task without any).
+    [T] share of each task's answer tokens equal to its most frequent answer token
+    (NaN for a task without answer tokens).
   """
   counts: list[dict[int, float]] = [dict() for _ in range(num_tasks)]
   for b in batches:
-    if "label" in b and "targets" not in b:  # classification: one label per example
-      tgt = np.asarray(b["label"])[:, None]
-      mask = example_valid(b)[:, None]
+    if "label" in b and "targets" not in b:  # classification: the majority class
+      tid, tgt = np.asarray(b["task_id"]), np.asarray(b["label"])
+      on = tgt >= 0
     else:
       mask = np.asarray(b["mask"]) * example_valid(b)[:, None]
+      tid = np.broadcast_to(np.asarray(b["task_id"])[:, None], mask.shape)
       tgt = np.asarray(b["targets"])
-    tid = np.broadcast_to(np.asarray(b["task_id"])[:, None], mask.shape)
-    on = mask > 0
+      on = mask > 0
     for t, y in zip(tid[on], tgt[on]):
       counts[int(t)][int(y)] = counts[int(t)].get(int(y), 0.0) + 1.0
   out = np.full(num_tasks, np.nan)
