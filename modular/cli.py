@@ -14,6 +14,7 @@ Errors in the config or its overrides are reported in one line naming the key.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from modular.overrides import apply_override, load_config_file, parse_overrides
@@ -22,6 +23,25 @@ from modular.overrides import apply_override, load_config_file, parse_overrides
 def _fail(msg: str) -> None:
   print(f"error: {msg}", file=sys.stderr)
   raise SystemExit(2)
+
+
+def load_and_override(path: str, overrides: dict[str, str]):
+  """The config file's ConfigDict with ``--config.x=v`` applied; one line on any error.
+
+  Overrides use ``modular.overrides`` rather than ml_collections' ``config_flags``:
+  config_flags cannot override list fields (``optim.frozen``, ``data.tasks``,
+  ``mtl.task_specific``: "Type list ... is not supported for overriding") and names an
+  unknown key without its section ("'stepz' Did you mean steps"), while the sweep axes
+  set the same dotted keys through the same ``apply_override``. The base config is
+  locked as with ``config_flags(lock_config=True)``.
+  """
+  try:
+    cfg = load_config_file(path)
+    for k, v in overrides.items():
+      apply_override(cfg, k, v)
+  except (ValueError, FileNotFoundError) as e:
+    _fail(str(e))
+  return cfg
 
 
 def train_main(argv: list[str] | None = None) -> None:
@@ -37,32 +57,71 @@ def train_main(argv: list[str] | None = None) -> None:
     import jax
     jax.distributed.initialize()
   from modular import config as config_lib
+  from modular import filelock
   from modular.train import checkpoint as ckpt_lib
   from modular.train import loop
+  cfg = load_and_override(args.config, overrides)
   try:
-    cfg = load_config_file(args.config)
-    for k, v in overrides.items():
-      apply_override(cfg, k, v)
     config_lib.validate(cfg)
-  except (ValueError, FileNotFoundError) as e:
+  except ValueError as e:
     _fail(str(e))
   try:
     summary = loop.train(cfg, args.workdir)
-  except (ValueError, ckpt_lib.CheckpointError) as e:
+  except (ValueError, FileNotFoundError, ckpt_lib.CheckpointError, loop.NonfiniteError,
+          filelock.LockHeldError) as e:
     _fail(str(e))
   print(f"done: {summary['end_step']} steps in {args.workdir} "
         f"({summary['steps_per_s'] or 0:.1f} steps/s)")
 
 
 def analyze_main(argv: list[str] | None = None) -> None:
-  """Entry point of ``modular-analyze``: writes the analysis report of a run."""
+  """Entry point of ``modular-analyze``: writes the analysis report of a run.
+
+  Several ``--workdir`` folders (one config at different seeds) also get an
+  aggregate report over seeds (``--out``, default ``<parent>/report_seeds``).
+  """
   p = argparse.ArgumentParser(prog="modular-analyze")
-  p.add_argument("--workdir", required=True, help="a run folder written by modular-train")
+  p.add_argument("--workdir", required=True, nargs="+",
+                 help="run folder(s) written by modular-train (several: seeds of one config)")
   p.add_argument("--out", default=None, help="report folder (default WORKDIR/report)")
+  p.add_argument("--step", type=int, default=None,
+                 help="analyze this checkpoint step (default: the latest)")
+  p.add_argument("--top-k", type=int, default=None,
+                 help="at most K important heads per task (default a quarter of the heads)")
+  p.add_argument("--threshold", type=float, default=None,
+                 help="important heads reach this share of the largest score, in (0, 1]")
+  p.add_argument("--num-examples", type=int, default=64,
+                 help="evaluation examples per task (default 64)")
+  p.add_argument("--groups", default=None,
+                 help="declared task groups, e.g. 'copy,reverse;assoc_recall,induction' "
+                      "(default the run's analysis.groups or the built-in families)")
+  p.add_argument("--no-control", action="store_true", help="skip the step-0 control")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
-  from modular.analysis import report
-  out = report.write_report(args.workdir, out_dir=args.out)
+  if args.top_k is not None and args.top_k < 1:
+    _fail(f"--top-k: {args.top_k} must be >= 1")
+  if args.threshold is not None and not 0.0 < args.threshold <= 1.0:
+    _fail(f"--threshold: {args.threshold} must be a share of the largest score in (0, 1]")
+  if args.num_examples < 1:
+    _fail(f"--num-examples: {args.num_examples} must be >= 1")
+  groups = None
+  if args.groups:
+    groups = {f"group{i}": [t.strip() for t in g.split(",") if t.strip()]
+              for i, g in enumerate(args.groups.split(";")) if g.strip()}
+  kw = dict(step=args.step, top_k=args.top_k, threshold=args.threshold, max_eval_batches=1,
+            eval_batch_size=args.num_examples, control=not args.no_control, groups=groups)
+  from modular.analysis import report, seed_report
+  from modular.train import checkpoint as ckpt_lib
+  try:
+    if len(args.workdir) == 1:
+      out = report.write_report(args.workdir[0], out_dir=args.out, **kw)
+    else:
+      out = seed_report.write_seed_report(args.workdir, out_dir=args.out, **kw)
+  except (ValueError, FileNotFoundError, ckpt_lib.CheckpointError) as e:
+    _fail(str(e))
   print(f"report written to {out}")
+  summary = os.path.join(out, "summary.txt")
+  if os.path.exists(summary):
+    print(open(summary).read())
 
 
 def sweep_main(argv: list[str] | None = None) -> None:

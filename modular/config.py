@@ -87,6 +87,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # Save the initial parameters as step 0 and never delete them: the untrained control
+  # that modular-analyze reports beside the trained model.
+  c.keep_step0 = True
   # A trained run's workdir: a fresh run starts from its parameters wherever path and
   # shape match (e.g. train adapters on a trained backbone with optim.frozen).
   c.init_from = ""
@@ -113,6 +116,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim = default_optim_config()
   c.train = default_train_config()
   c.mesh = default_mesh_config()
+  c.lock()  # a typo in a config file (c.model.d_modle = 16) fails where it is written
   return c
 
 
@@ -177,7 +181,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   _check_types(cfg.train, base.train, "train")
   _check_types(cfg.model, base.model, "model")
   data_lib.validate_data_config(cfg.data)
-  mtl_lib.validate_mtl_config(cfg.mtl)
+  try:
+    mtl_lib.validate_mtl_config(cfg.mtl)
+  except ValueError as e:  # one format for every section: config.mtl.<key>: ...
+    raise ValueError(f"config.{e}" if str(e).startswith("mtl.") else str(e)) from None
   m = cfg.model
   for key in ("d_model", "num_heads", "num_layers", "d_ff"):
     _require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",

@@ -16,7 +16,7 @@ from modular.objective import FunctionalModel
 def test_lora_matches_numpy_per_task():
   ffn = T.build_filler("ffn", {"name": "lora", "rank": 2, "alpha": 4.0},
                        T.slot_args(d_model=8, d_ff=12, num_tasks=3))
-  for name in ("b_in", "b_out"):
+  for name in ("lora_b_in", "lora_b_out"):
     getattr(ffn, name)[...] = jax.random.normal(jax.random.PRNGKey(3), getattr(ffn, name).shape)
   x = np.random.default_rng(0).normal(size=(3, 4, 8)).astype(np.float32)
   task = [2, 0, 1]
@@ -25,8 +25,8 @@ def test_lora_matches_numpy_per_task():
   base = ffn.base
   for b, t in enumerate(task):
     h = np.maximum(x[b] @ g(base.w_in) + g(base.b_in)
-                   + 2.0 * x[b] @ g(ffn.a_in)[t] @ g(ffn.b_in)[t], 0)
-    ref = h @ g(base.w_out) + g(base.b_out) + 2.0 * h @ g(ffn.a_out)[t] @ g(ffn.b_out)[t]
+                   + 2.0 * x[b] @ g(ffn.lora_a_in)[t] @ g(ffn.lora_b_in)[t], 0)
+    ref = h @ g(base.w_out) + g(base.b_out) + 2.0 * h @ g(ffn.lora_a_out)[t] @ g(ffn.lora_b_out)[t]
     np.testing.assert_allclose(np.asarray(y[b]), ref, rtol=1e-4, atol=1e-5)
 
 
@@ -47,7 +47,7 @@ def test_bottleneck_matches_numpy_and_starts_as_identity():
 
 
 @pytest.mark.parametrize("slots,trainable", [
-    ({"ffn": {"name": "lora"}}, r"/ffn/(a|b)_(in|out)$"),
+    ({"ffn": {"name": "lora"}}, r"/ffn/lora_(a|b)_(in|out)$"),
     ({"adapter_attn": {"name": "bottleneck"}, "adapter_ffn": {"name": "bottleneck"}},
      r"/adapter_(attn|ffn)/"),
     ({"ffn": {"name": "polytropon"}}, r"/ffn/(skills_in|skills_out|allocation)/"),
@@ -74,6 +74,7 @@ def test_frozen_patterns_agree_under_search_match_and_fullmatch():
                "head/kernel", "ln_final/scale"):
     for f in (re.search, re.match, re.fullmatch):
       assert any(f(p, path) for p in frozen_backbone()), (f, path)
-  for path in ("blocks/0/ffn/a_in", "blocks/0/adapter_ffn/up", "head/per_task_kernel"):
+  for path in ("blocks/0/ffn/lora_a_in", "blocks/0/ffn/lora_b_in", "blocks/0/adapter_ffn/up",
+               "head/per_task_kernel"):
     for f in (re.search, re.match, re.fullmatch):
       assert not any(f(p, path) for p in frozen_backbone()), (f, path)

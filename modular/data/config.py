@@ -13,6 +13,8 @@ Fields (``default_data_config()``):
                     longest prompt of the built-in tasks (position-aligned answers
                     make copy/reverse-like tasks much faster to learn)
   num_train    5000 train examples per built-in task
+  num_train_by_task  ""  per-task exceptions to num_train: "copy:4000,sort:500"
+                    (tasks of different sizes, so the sampling choice matters)
   num_eval     256  held-out ('test' split) examples per task for evaluation
   sampling     "proportional" | "uniform" | "temperature" | "explicit"
   temperature  2.0  p_t proportional to n_t ** (1 / temperature)
@@ -64,6 +66,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       seq_len=32,
       prompt_width=0,
       num_train=5000,
+      num_train_by_task="",
       num_eval=256,
       sampling="proportional",
       temperature=2.0,
@@ -159,6 +162,32 @@ def parse_weights(cfg: Any) -> np.ndarray:
   return out
 
 
+def builtin_num_train(cfg: Any) -> dict[str, int]:
+  """Train examples of every built-in task: ``num_train`` unless ``num_train_by_task`` says.
+
+  Raises:
+    ValueError: ``config.data.num_train_by_task`` malformed, naming a task that is not a
+      built-in task of the config, or a size < 1.
+  """
+  names = builtin_task_names(cfg)
+  out = {name: int(cfg.num_train) for name in names}
+  text = cfg.get("num_train_by_task", "") or ""
+  if not isinstance(text, str):
+    raise _error("num_train_by_task", f"expected 'task:n,...', got {text!r}")
+  for item in [i for i in text.split(",") if i.strip()]:
+    name, _, n = item.partition(":")
+    name = name.strip()
+    if name not in out:
+      raise _error("num_train_by_task", f"{name!r} is not a built-in task of {names}")
+    try:
+      out[name] = int(n)
+    except ValueError:
+      raise _error("num_train_by_task", f"expected 'task:n,...', got {text!r}") from None
+    if out[name] < 1:
+      raise _error("num_train_by_task", f"{name}: expected an int >= 1, got {out[name]}")
+  return out
+
+
 def _check_int(cfg: Any, key: str, low: int) -> None:
   value = cfg[key]
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -204,6 +233,7 @@ def validate_data_config(cfg: Any) -> None:
   for name in builtins:
     if name not in known:
       raise _error("tasks", f"unknown task {name!r}; known: {', '.join(known)}")
+  builtin_num_train(cfg)
   externals = external_tasks(cfg)
   names = builtins + [t.name for t in externals]
   classification_lib.validate(cfg, names)

@@ -101,6 +101,18 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
   num_train = fields["num_train"]
   if not isinstance(num_train, int) or num_train < 0:
     raise ValueError(f"{where_key('num_train')}: expected an int >= 0, got {num_train!r}")
+  for key, module in [("imports", m) for m in imports] + [
+      ("preprocess", fields["preprocess"].partition(":")[0])]:
+    try:  # a bad module is named here, before any data is prepared
+      importlib.import_module(module)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{where_key(key)}: cannot import {module!r} "
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                       ) from None
+  try:
+    resolve_function(fields["preprocess"])
+  except ValueError as e:
+    raise ValueError(f"{where_key('preprocess')}: {e}") from None
   return ExternalTask(
       name=fields["name"], tfds_name=fields["tfds_name"], preprocess=fields["preprocess"],
       train_split=fields["train_split"], eval_split=fields["eval_split"],

@@ -93,7 +93,8 @@ def builtin_builder(cfg: Any, task: str) -> AlgorithmicTasks:
     An ``AlgorithmicTasks`` builder whose config name encodes the parameters.
   """
   config = make_config(task, n_symbols=cfg.n_symbols, min_len=cfg.min_len,
-                       max_len=cfg.max_len, num_train=cfg.num_train,
+                       max_len=cfg.max_len,
+                       num_train=config_lib.builtin_num_train(cfg)[task],
                        num_test=cfg.num_eval, seed=cfg.data_seed)
   return AlgorithmicTasks(config=config, data_dir=config_lib.data_dir(cfg),
                           file_format="array_record")
@@ -171,6 +172,6 @@ def train_sizes(cfg: Any) -> list[int]:
 
   Built-in sizes come from the config; external sizes need their sources.
   """
-  sizes = [cfg.num_train] * len(config_lib.builtin_task_names(cfg))
+  sizes = list(config_lib.builtin_num_train(cfg).values())
   sizes += [len(splits["train"]) for splits in external_sources(cfg).values()]
   return sizes + classification_lib.train_sizes(cfg)

@@ -54,22 +54,22 @@ def _trainable(config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None
   spec = specs[name]
   if spec["tpu_slice"]:
     return _train_on_slice(spec)
+  started_at = time.time()  # wall clock when this worker began the trial
   trial = Trial(name, ml_collections.ConfigDict(spec["cfg"]), spec["workdir"])
   step = 0
 
   def on_eval(s: int, evals: dict) -> None:
     nonlocal step
     step = s
-    tune.report(_flat(s, evals))
+    tune.report({**_flat(s, evals), "started_at": started_at})
 
   try:
     summary = train_trial(trial, on_eval)
   except Exception as e:  # noqa: BLE001 - a run-time failure ends this trial only
-    tune.report({"step": step, "pid": os.getpid(), "error": error_line(e),
-                 spec["metric"]: spec["worst"]})
+    tune.report({"step": step, "pid": os.getpid(), "error": error_line(e), **spec["worst"]})
     return
   tune.report({**_flat(summary["end_step"], summary["eval"]), "final": True,
-               "summary_json": json.dumps(summary, default=str)})
+               "started_at": started_at, "summary_json": json.dumps(summary, default=str)})
 
 
 def _run_host(cmd: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -104,8 +104,7 @@ def _train_on_slice(spec: dict[str, Any]) -> None:
   bad = [tail for rc, tail in results if rc > 0]
   if bad:
     lines = [ln for ln in bad[0].strip().splitlines() if ln.strip()]
-    tune.report({"step": 0, "error": lines[-1] if lines else "host failed",
-                 spec["metric"]: spec["worst"]})
+    tune.report({"step": 0, "error": lines[-1] if lines else "host failed", **spec["worst"]})
     return
   with open(os.path.join(spec["workdir"], "summary.json")) as f:
     summary = json.load(f)
@@ -241,7 +240,8 @@ class RayExecutor:
   def _fit(self, trials: list[Trial], on_outcome: Callable[[Outcome], None]) -> list[Outcome]:
     sweep_dir = os.path.dirname(os.path.abspath(trials[0].workdir))
     mode = "min" if self.metric.startswith("loss") else "max"
-    worst = math.inf if mode == "min" else -math.inf
+    # A failed trial reports the worst value of the key metric only to ASHA (which needs it).
+    worst = {self.metric: math.inf if mode == "min" else -math.inf} if self.asha else {}
     specs = {}
     for t in trials:
       config_json = None

@@ -8,7 +8,9 @@ chosen by the example's task:
 
 A is random and B is zero at init, so the model starts as the dense one. With
 ``per_task = False`` one update is shared by all tasks. In the parameter-efficient mode
-(``peft.frozen_backbone``) only the A and B matrices train.
+(``peft.frozen_backbone``) only the A and B matrices train: ``lora_a_in`` [n, d, r],
+``lora_b_in`` [n, r, d_ff], ``lora_a_out`` [n, d_ff, r], ``lora_b_out`` [n, r, d], with
+n = T per task or 1.
 
 Config (``model.ffn``, name "lora"): rank (4), alpha (8.0), per_task (True).
 
@@ -55,8 +57,12 @@ class LoRAFFN(nnx.Module):
     n = args.num_tasks if o.per_task else 1
     self.per_task = o.per_task
     self.scale = o.alpha / o.rank
-    self.a_in, self.b_in = lora_pair(rngs, n, args.d_model, args.d_ff, o.rank, "embed", "mlp")
-    self.a_out, self.b_out = lora_pair(rngs, n, args.d_ff, args.d_model, o.rank, "mlp", "embed")
+    # Named lora_*: the dense FFN's own leaves (base/b_in, ...) are the backbone
+    # (modules/peft.py), and a factor must never match a backbone pattern.
+    self.lora_a_in, self.lora_b_in = lora_pair(rngs, n, args.d_model, args.d_ff, o.rank,
+                                               "embed", "mlp")
+    self.lora_a_out, self.lora_b_out = lora_pair(rngs, n, args.d_ff, args.d_model, o.rank,
+                                                 "mlp", "embed")
 
   def _delta(self, x: jax.Array, a: nnx.Param, b: nnx.Param, idx: jax.Array) -> jax.Array:
     """(alpha / r) (x A[idx]) B[idx] per example: [B, L, d_in] -> [B, L, d_out]."""
@@ -66,9 +72,11 @@ class LoRAFFN(nnx.Module):
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     idx = ctx.task_id if self.per_task else jnp.zeros_like(ctx.task_id)
     base = self.base
-    h = base.act(x @ base.w_in[...] + base.b_in[...] + self._delta(x, self.a_in, self.b_in, idx))
+    up = self._delta(x, self.lora_a_in, self.lora_b_in, idx)
+    h = base.act(x @ base.w_in[...] + base.b_in[...] + up)
     ctx.capture_activation("ffn_act", h)
-    return h @ base.w_out[...] + base.b_out[...] + self._delta(h, self.a_out, self.b_out, idx)
+    down = self._delta(h, self.lora_a_out, self.lora_b_out, idx)
+    return h @ base.w_out[...] + base.b_out[...] + down
 
 
 @FFN.register("lora")

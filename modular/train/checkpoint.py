@@ -42,12 +42,17 @@ class Checkpointer:
     workdir: the run folder.
     keep: how many recent checkpoints to keep.
     async_save: save in a background thread.
+    keep_steps: steps never deleted (step 0: the untrained control for analysis).
   """
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+               keep_steps: tuple[int, ...] = ()):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep),
+        ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -137,10 +142,9 @@ def read_data_state(data_dir: str) -> Any:
   own = folder / f"process_{index}-of-{count}.json"
   if own.exists():
     return json.loads(own.read_text())
-  legacy = [p for p in folder.iterdir() if not p.name.startswith("process_")] \
-      if folder.exists() else []
-  if legacy and not list(folder.glob("process_*.json")):
-    return json.loads(legacy[0].read_text())
+  legacy = folder / "metadata"  # orbax's JsonSave layout, one file for all processes
+  if legacy.exists() and not list(folder.glob("process_*.json")):
+    return json.loads(legacy.read_text())
   raise FileNotFoundError(f"{own} not found (saved by another number of processes?)")
 
 
@@ -206,9 +210,15 @@ def load_for_analysis(workdir: str, step: int | None = None):
   config_lib.fill_derived(cfg)
   fm, params, _ = FunctionalModel.split(models_lib.build_model(cfg.model, cfg.train.seed))
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=False)
+  saved = ckpt.all_steps()
   step = ckpt.latest_step() if step is None else step
   if step is None:
+    ckpt.close()
     raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
+  if step not in saved:
+    ckpt.close()
+    raise CheckpointError(f"--step {step}: that step was not saved in {ckpt.directory}; "
+                          f"saved steps: {sorted(saved)}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           params)

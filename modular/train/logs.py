@@ -96,13 +96,13 @@ def write_summary(workdir: str, summary: dict, trained: bool) -> dict:
     workdir: the run folder.
     summary: this launch's summary (JSON-able).
     trained: False when this launch took no step: the earlier summary's timings
-      (steps/s, compile time, start step) are kept.
+      (steps/s, compile time, skipped steps) are kept.
   """
   path = os.path.join(workdir, "summary.json")
   if not trained and os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    for key in ("start_step", "steps_per_s", "compile_s", "nonfinite_steps"):
+    for key in ("steps_per_s", "compile_s", "nonfinite_steps"):
       if key in previous:
         summary[key] = previous[key]
   tmp = path + ".tmp"

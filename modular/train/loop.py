@@ -31,7 +31,6 @@ from modular import data as data_lib
 from modular import models as models_lib
 from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel
-from modular.paths import flat_paths, path_str
 from modular.train import checkpoint as ckpt_lib
 from modular.train import logs as log_lib
 from modular.train import resume as resume_lib
@@ -39,7 +38,9 @@ from modular.train import sharding as sharding_lib
 from modular.train.batches import to_global, validate_batch
 from modular.train.metrics import MetricsWriter
 from modular.train.optimizer import make_optimizer
+from modular.train.partition import Partition
 from modular.train.step import init_state, make_eval_step, make_train_step, with_nonfinite_guard
+from modular.train.warm_start import warm_start
 
 
 @dataclasses.dataclass
@@ -83,13 +84,14 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   model = models_lib.build_model(cfg.model, seed=cfg.train.seed)
   fm, params, axes = FunctionalModel.split(model)
   params = checkpoints.prepare_run(cfg, params)  # model.pretrained's weights, frozen set
-  tx, schedule = make_optimizer(cfg.optim, params, cfg.train.steps)
+  part = Partition.from_patterns(cfg.optim.frozen, params)
+  tx, schedule = make_optimizer(cfg.optim, part.trainable(params), cfg.train.steps)
   method = mtl_lib.build(cfg.mtl, params)
   repl = sharding_lib.replicated(mesh)
   param_sh = sharding_lib.param_shardings(params, axes, cfg, mesh)
-  shapes = jax.eval_shape(lambda p: init_state(p, tx, method, cfg.train.seed), params)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, shapes["opt_state"], param_sh,
-                                 transform_non_params=lambda _: repl)
+  shapes = jax.eval_shape(lambda p: init_state(p, tx, method, cfg.train.seed, part), params)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, shapes["opt_state"],
+                                 part.trainable(param_sh), transform_non_params=lambda _: repl)
   state_sh = {"params": param_sh, "opt_state": opt_sh,
               "mtl_state": jax.tree.map(lambda _: repl, shapes["mtl_state"]),
               "step": repl, "rng": repl}
@@ -97,9 +99,9 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
                           shapes, state_sh)
   params = jax.device_put(params, param_sh)
   seed = cfg.train.seed
-  init = jax.jit(lambda: init_state(params, tx, method, seed), out_shardings=state_sh)
+  init = jax.jit(lambda: init_state(params, tx, method, seed, part), out_shardings=state_sh)
   batch_sh = sharding_lib.batch_sharding(cfg, mesh)
-  step_fn = with_nonfinite_guard(make_train_step(fm, tx, method, schedule, param_sh),
+  step_fn = with_nonfinite_guard(make_train_step(fm, tx, method, schedule, param_sh, part),
                                  skip=cfg.train.on_nonfinite == "skip")
   train_step = jax.jit(step_fn,
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
@@ -121,47 +123,14 @@ def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]
 def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict[str, np.ndarray]:
   """Sums the per-task evaluation counts over all held-out batches."""
   total = None
+  n, i = jax.process_count(), jax.process_index()
   for batches in eval_batches.values():
-    for b in batches:
-      sums = run.eval_step(params, global_batch(run, b))
+    for b in batches:  # every process builds the same global batch and feeds its slice
+      size = len(b["task_id"]) // n
+      local = {k: v[i * size:(i + 1) * size] for k, v in b.items()} if n > 1 else b
+      sums = run.eval_step(params, global_batch(run, local))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   return jax.device_get(total)
-
-
-def warm_start(run: Run, state: dict, source_workdir: str) -> dict:
-  """Copies the parameters of a trained run wherever path and shape match.
-
-  Args:
-    run: this run.
-    state: the fresh training state.
-    source_workdir: a run folder with checkpoints (its latest step is used).
-
-  Returns:
-    The state with matching parameters replaced; prints how many were copied.
-
-  Raises:
-    ValueError: naming ``train.init_from`` if no parameter matches.
-  """
-  _, _, source = ckpt_lib.load_for_analysis(source_workdir)
-  flat_src = flat_paths(source)
-  copied = []
-
-  def pick(path, target, sharding):
-    name = path_str(path)
-    value = flat_src.get(name)
-    if value is None or value.shape != target.shape:
-      return target
-    copied.append(name)
-    return jax.device_put(value.astype(target.dtype), sharding)
-
-  params = jax.tree_util.tree_map_with_path(pick, state["params"],
-                                            run.state_shardings["params"])
-  if not copied:
-    raise ValueError(f"config.train.init_from: no parameter of {source_workdir} matches "
-                     "this model (paths or shapes differ)")
-  total = len(jax.tree.leaves(params))
-  print(f"warm start: {len(copied)}/{total} parameters from {source_workdir}", flush=True)
-  return {**state, "params": params}
 
 
 def _blocking(cfg: ml_collections.ConfigDict) -> bool:
@@ -254,7 +223,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
 
 
 def _train(run: Run, workdir: str, stop_at: int | None,
-           on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+           on_eval: Callable[[int, dict], None] | None) -> dict[str, Any]:
   cfg = run.cfg
   lead = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
@@ -262,7 +231,8 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     resume_lib.check_same_run(ckpt_lib.load_config(workdir), cfg, workdir)
   tasks = data_lib.task_names(cfg.data)
   checkpointer = ckpt_lib.Checkpointer(workdir, cfg.train.keep_checkpoints,
-                                       cfg.train.async_checkpoint)
+                                       cfg.train.async_checkpoint,
+                                       (0,) if cfg.train.keep_step0 else ())
   n_proc = jax.process_count()
   iterator = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size // n_proc,
                                           shard_index=jax.process_index(), shard_count=n_proc)
@@ -277,6 +247,9 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   if lead:  # the resume is checked: from here on the workdir may change
     ckpt_lib.save_config(workdir, cfg)
     log_lib.truncate_after(workdir, start)
+  if start == 0 and cfg.train.keep_step0 and 0 not in checkpointer.all_steps():
+    # the untrained control of modular-analyze
+    checkpointer.save(0, state, iterator.get_state(), {"step": 0, "tasks": tasks})
   eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   log_lib.prime(writer, workdir, start)
@@ -326,7 +299,9 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     if progress is not None:
       progress.close()
   if start == end and start > 0 and not writer.last_eval:  # finished and re-launched
-    writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    if on_eval is not None:
+      on_eval(start, result)
   steps_done = end - start
   elapsed = time.perf_counter() - (t_first or t_start)
   summary = {

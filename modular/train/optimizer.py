@@ -1,13 +1,22 @@
 """The optax optimizer from the config: schedule, optimizer, clipping, and path rules.
 
 Path rules act on parameter paths such as ``blocks/0/ffn/w_in``:
-  optim.frozen          regexes; matching parameters get a zero update
-                        (parameter-efficient mode: freeze the backbone)
+  optim.frozen          regexes of frozen parameters (parameter-efficient mode:
+                        freeze the backbone); applied by ``train.partition``, not here
   optim.lr_multipliers  [regex, factor] pairs; matching updates are scaled
                         (e.g. Polytropon's faster allocation logits); the first
                         matching rule wins
 
 (big_vision's ``optax.py`` does the same with regexes over parameter names.)
+
+Freezing: the optimizer is built on, and applied to, the trainable sub-dict only
+(``Partition.trainable(params)``); the step differentiates that sub-dict alone. We chose
+this over ``optax.multi_transform`` / ``optax.masked`` with ``set_to_zero`` because
+those take gradients of the full parameter structure: the frozen gradients would be
+computed (T times under gradient surgery) only to be dropped, and the surgery methods,
+which run before the optimizer, would still see them in their Gram matrix. On the
+sub-dict, a frozen leaf has no gradient, no state, no weight decay and no place in the
+clip norm by construction, with no mask to keep in sync.
 """
 
 from __future__ import annotations
@@ -37,14 +46,20 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
 
 
 def path_factors(params: Any, cfg: ml_collections.ConfigDict) -> Any:
-  """Per-leaf update factors: 0 for frozen paths, the multiplier where a rule matches."""
+  """Per-leaf update factors: the multiplier where a rule matches, else 1.
+
+  Raises:
+    ValueError: if ``params`` holds a leaf that ``cfg.frozen`` freezes (the optimizer
+      must be built on the trainable sub-dict).
+  """
   frozen = [re.compile(r) for r in cfg.frozen]
   mults = [(re.compile(r), float(f)) for r, f in cfg.lr_multipliers]
 
   def factor(path, _):
     name = path_str(path)
     if any(r.search(name) for r in frozen):
-      return 0.0
+      raise ValueError(f"make_optimizer: {name!r} is frozen by config.optim.frozen; build "
+                       "the optimizer on Partition.trainable(params)")
     for r, f in mults:
       if r.search(name):
         return f
@@ -69,7 +84,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, params: Any, total_steps: int
 
   Args:
     cfg: ``config.optim``.
-    params: the parameter tree (for the path rules).
+    params: the trainable parameter sub-dict (``Partition.trainable``; for the path
+      rules): clipping, the optimizer state and weight decay cover exactly these.
     total_steps: the run's length (for the schedule).
 
   Returns:

@@ -8,9 +8,15 @@ configured multi-task method (``modular.mtl``), never naming one:
   * loss-weighting methods (mean, uncertainty, DWA) give weights w [T] and the step
     differentiates sum_t w_t L_t once.
 
+Only the trainable parameters are differentiated (``partition``, from ``optim.frozen``):
+the step splits the parameter dict into its trainable and frozen sub-dicts and the loss
+takes the frozen one as a constant, so frozen parameters get no backward work (T
+per-task VJPs included) and never reach the clip norm, ``grad_norm``, the surgery
+Gram matrix, the optimizer state or weight decay (``modular.train.partition``).
+
 The optax optimizer then applies the combined gradient. State is a dict pytree:
-  params     the model's parameter dict
-  opt_state  the optax state
+  params     the model's parameter dict (all of it, trainable and frozen)
+  opt_state  the optax state (of the trainable sub-dict only)
   mtl_state  the multi-task method's state (PRNG key, loss history, learned weights)
   step       int32 []
   rng        PRNG key [2] uint32 (dropout, Gumbel noise)
@@ -26,23 +32,35 @@ import optax
 
 from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector, tasks_present
+from modular.train.partition import Partition
 
 State = dict[str, Any]
 
 
-def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed: int) -> State:
-  """The training state at step 0 (call under jit with output shardings)."""
+def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed: int,
+               partition: Partition | None = None) -> State:
+  """The training state at step 0 (call under jit with output shardings).
+
+  Args:
+    params: the full parameter dict.
+    tx: the optimizer, built on the trainable sub-dict.
+    method: the multi-task method.
+    seed: the step PRNG seed.
+    partition: which parameters train (default: all).
+  """
+  trainable = (partition or Partition()).trainable(params)
   return {
       "params": params,
-      "opt_state": tx.init(params),
-      "mtl_state": method.init(params),
+      "opt_state": tx.init(trainable),
+      "mtl_state": method.init(trainable),
       "step": jnp.zeros((), jnp.int32),
       "rng": jax.random.PRNGKey(seed),
   }
 
 
 def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, method: Any,
-                    schedule: optax.Schedule | None = None, param_shardings: Any = None
+                    schedule: optax.Schedule | None = None, param_shardings: Any = None,
+                    partition: Partition | None = None
                     ) -> Callable[[State, dict], tuple[State, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -54,6 +72,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
     schedule: learning-rate schedule, for logging.
     param_shardings: the parameters' NamedShardings; per-task gradients [T, ...] keep
       them on the trailing axes (the task axis unsharded).
+    partition: which parameters train (default: all); gradients, the method and
+      ``tx`` see the trainable sub-dict only.
 
   Returns:
     The step function. Metrics hold [T] arrays under ``task/<name>``, the auxiliary
@@ -61,16 +81,20 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
     method's telemetry under ``mtl/<name>``.
   """
 
-  def loss_vector(params, batch, rng):
+  partition = partition or Partition()
+  grad_shardings = None if param_shardings is None else partition.trainable(param_shardings)
+
+  def loss_vector(trainable, frozen, batch, rng):
+    params = partition.merge(trainable, frozen)
     return task_loss_vector(fm, params, batch, rng=rng, deterministic=False)
 
   def train_step(state: State, batch: dict) -> tuple[State, dict]:
     rng, step_rng = jax.random.split(state["rng"])
-    params = state["params"]
+    params, frozen = partition.split(state["params"])  # differentiate `params` only
     if method.needs_task_grads:
       (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(
-          loss_vector, has_aux=True, shardings=param_shardings)(
-          params, batch, step_rng)
+          loss_vector, has_aux=True, shardings=grad_shardings)(
+          params, frozen, batch, step_rng)
       present = aux["metrics"]["present"]
       grads, mtl_state, mtl_stats = method.combine(
           task_grads, state["mtl_state"], params=params, losses=losses, present=present)
@@ -79,14 +103,14 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
       weights = jax.lax.stop_gradient(method.loss_weights(state["mtl_state"], present))
 
       def objective(p):
-        lv, aux = loss_vector(p, batch, step_rng)
+        lv, aux = loss_vector(p, frozen, batch, step_rng)
         return jnp.sum(weights * lv) + method.extra_loss(state["mtl_state"]), (lv, aux)
 
       grads, (losses, aux) = jax.grad(objective, has_aux=True)(params)
       mtl_state, mtl_stats = method.observe(state["mtl_state"], losses, present)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = {
-        "params": optax.apply_updates(params, updates),
+        "params": partition.merge(optax.apply_updates(params, updates), frozen),
         "opt_state": opt_state,
         "mtl_state": mtl_state,
         "step": state["step"] + 1,
