@@ -63,15 +63,21 @@ def chance_accuracy(batches: Sequence[Batch], num_tasks: int) -> np.ndarray:
   """Majority-baseline token accuracy of every task.
 
   Args:
-    batches: evaluation batches (targets [B, L], mask [B, L], task_id [B]).
+    batches: evaluation batches (targets [B, L], mask [B, L], task_id [B]; or, for
+      classification, label [B] with -1 on padding rows).
     num_tasks: T.
 
   Returns:
-    [T] share of each task's answer tokens equal to its most frequent answer token
-    (NaN for a task without answer tokens).
+    [T] share of each task's answer tokens (classification: labels) equal to its most
+    frequent one (NaN for a task without any).
   """
   counts: list[dict[int, float]] = [dict() for _ in range(num_tasks)]
   for b in batches:
+    if "label" in b and "targets" not in b:  # classification: one label per example
+      for t, y in zip(np.asarray(b["task_id"]), np.asarray(b["label"])):
+        if y >= 0:
+          counts[int(t)][int(y)] = counts[int(t)].get(int(y), 0.0) + 1.0
+      continue
     mask = np.asarray(b["mask"]) * example_valid(b)[:, None]
     tid = np.broadcast_to(np.asarray(b["task_id"])[:, None], mask.shape)
     tgt = np.asarray(b["targets"])
