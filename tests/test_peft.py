@@ -199,8 +199,8 @@ WRAPPED = {
     "polytropon": ("polytropon", "tiny", {}),
     "adapters": ("adapters", "tiny", {}),
     "hyperformer": ("hyperformer", "tiny", {}),
-    "moe": ("moe", "tiny", {"expert_d_ff": 64, "capacity_factor": 8.0}),
-    "task_moe": ("task_moe", "tiny", {"expert_d_ff": 64}),
+    "moe": ("moe", "tiny,upcycle", {"capacity_factor": 8.0}),
+    "task_moe": ("task_moe", "tiny,upcycle", {}),
     "task_moe_block": ("task_moe", "tiny,block", {}),
 }
 
