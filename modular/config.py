@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import ml_collections
@@ -27,6 +28,7 @@ from modular import mtl as mtl_lib
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
+NONFINITE_ACTIONS = ("halt", "skip")
 
 
 def default_mesh_config() -> ml_collections.ConfigDict:
@@ -69,6 +71,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   c.frozen = []
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
+  # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
+  # except the paths matching a regex of unfreeze_pretrained (e.g. ["ln_"]).
+  c.freeze_pretrained = False
+  c.unfreeze_pretrained = []
   return c
 
 
@@ -81,6 +87,9 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # Save the initial parameters as step 0 and never delete them: the untrained control
+  # that modular-analyze reports beside the trained model.
+  c.keep_step0 = True
   # A trained run's workdir: a fresh run starts from its parameters wherever path and
   # shape match (e.g. train adapters on a trained backbone with optim.frozen).
   c.init_from = ""
@@ -89,6 +98,11 @@ def default_train_config() -> ml_collections.ConfigDict:
   # Block on every step's result. Needed on simulated CPU devices (jax-ml/jax#25861:
   # back-to-back sharded steps can deadlock in CPU collectives); "auto" = on for CPU.
   c.block_every_step = "auto"
+  # A step whose loss, gradient norm or new parameters are NaN/inf: "halt" stops the run
+  # with an error naming the step (nothing non-finite is saved); "skip" drops that update
+  # inside the compiled step and halts after max_consecutive_skips in a row.
+  c.on_nonfinite = "halt"
+  c.max_consecutive_skips = 10
   return c
 
 
@@ -102,6 +116,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim = default_optim_config()
   c.train = default_train_config()
   c.mesh = default_mesh_config()
+  c.lock()  # a typo in a config file (c.model.d_modle = 16) fails where it is written
   return c
 
 
@@ -111,13 +126,24 @@ def _require(cond: bool, key: str, msg: str) -> None:
 
 
 def fill_derived(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Fills model sizes that come from the data (vocab, sequence length, task count)."""
+  """Fills model sizes that come from the data (vocab, sequence length, task count).
+
+  Text tasks (``data.wordnet``) take their tokenizer from ``model.pretrained`` when
+  ``data.tokenizer`` is empty, and give the head its per-task class counts.
+  """
   with cfg.unlocked():
+    if data_lib.is_classification(cfg.data):
+      cfg.data.tokenizer = cfg.data.tokenizer or cfg.model.get("pretrained", "")
+      cfg.model.head = ml_collections.ConfigDict(
+          dict(cfg.model.head.to_dict(), num_classes=data_lib.num_classes(cfg.data)))
     cfg.model.vocab_size = data_lib.vocab_size(cfg.data)
     cfg.model.seq_len = cfg.data.seq_len
     cfg.model.num_tasks = len(data_lib.task_names(cfg.data))
     if "num_tasks" in cfg.mtl:
       cfg.mtl.num_tasks = cfg.model.num_tasks
+  if cfg.model.get("pretrained", ""):  # the checkpoint fixes the sizes and the vocabulary
+    from modular import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.fill_model_config(cfg.model)
   return cfg
 
 
@@ -149,31 +175,33 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
   base = get_base_config()
   for section in ("data", "model", "mtl", "optim", "train", "mesh"):
     _require(section in cfg, section, "missing section")
+  check_known_keys(cfg, base)
+  check_finite(cfg)
   _check_types(cfg.optim, base.optim, "optim")
   _check_types(cfg.train, base.train, "train")
+  _check_types(cfg.model, base.model, "model")
   data_lib.validate_data_config(cfg.data)
-  mtl_lib.validate_mtl_config(cfg.mtl)
+  try:
+    mtl_lib.validate_mtl_config(cfg.mtl)
+  except ValueError as e:  # one format for every section: config.mtl.<key>: ...
+    raise ValueError(f"config.{e}" if str(e).startswith("mtl.") else str(e)) from None
   m = cfg.model
   for key in ("d_model", "num_heads", "num_layers", "d_ff"):
     _require(isinstance(m[key], int) and m[key] > 0, f"model.{key}",
              f"must be a positive int, got {m[key]!r}")
   _require(m.d_model % m.num_heads == 0, "model.num_heads",
            f"d_model={m.d_model} is not divisible by num_heads={m.num_heads}")
-  _require(m.activation in ("relu", "gelu", "silu"), "model.activation",
-           f"unknown {m.activation!r}; known: relu, gelu, silu")
+  acts = models_lib.slots.ACTIVATIONS
+  _require(m.activation in acts, "model.activation",
+           f"unknown {m.activation!r}; known: {', '.join(acts)}")
+  _require(m.get("arch", "decoder") in models_lib.ARCHS, "model.arch",
+           f"unknown {m.get('arch')!r}; known: {', '.join(models_lib.ARCHS)}")
   _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   for slot, registry in models_lib.slots.SLOT_REGISTRIES.items():
     _require("name" in m[slot], f"model.{slot}.name", "missing")
     _require(m[slot].name in registry, f"model.{slot}.name",
              f"unknown {m[slot].name!r}; known: {', '.join(registry.names())}")
-  o = cfg.optim
-  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
-  _require(o.schedule in SCHEDULES, "optim.schedule",
-           f"unknown {o.schedule!r}; known: {SCHEDULES}")
-  _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
-  for i, pair in enumerate(o.lr_multipliers):
-    _require(len(pair) == 2 and isinstance(pair[0], str), f"optim.lr_multipliers[{i}]",
-             f"must be a [regex, factor] pair, got {pair!r}")
+  _validate_optim(cfg.optim)
   t = cfg.train
   for key in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
               "keep_checkpoints"):
@@ -181,6 +209,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
              f"must be a positive int, got {t[key]!r}")
   _require(t.block_every_step in ("auto", True, False), "train.block_every_step",
            f"must be 'auto', True or False, got {t.block_every_step!r}")
+  _require(t.on_nonfinite in NONFINITE_ACTIONS, "train.on_nonfinite",
+           f"unknown {t.on_nonfinite!r}; known: {', '.join(NONFINITE_ACTIONS)}")
+  _require(t.max_consecutive_skips >= 1, "train.max_consecutive_skips",
+           f"must be a positive int, got {t.max_consecutive_skips!r}")
   known_axes = {"data", "fsdp", "model", "expert"}
   for k in cfg.mesh.shape:
     _require(k in known_axes, f"mesh.shape.{k}", f"unknown mesh axis; known: {sorted(known_axes)}")
@@ -198,6 +230,72 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
     shards = math.prod(shape[a] for a in batch_axes if a is not None)
     _require(t.batch_size % shards == 0, "train.batch_size",
              f"{t.batch_size} is not divisible by the {shards} batch shards of mesh {shape}")
+
+
+def _validate_optim(o: ml_collections.ConfigDict) -> None:
+  """Names, ranges and regexes of the ``optim`` section (values are already finite)."""
+  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
+  _require(o.schedule in SCHEDULES, "optim.schedule",
+           f"unknown {o.schedule!r}; known: {SCHEDULES}")
+  _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
+  _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+  for key in ("end_lr_factor", "weight_decay", "grad_clip"):
+    _require(o[key] >= 0, f"optim.{key}", f"must be >= 0, got {o[key]}")
+  for key in ("b1", "b2"):
+    _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+  for i, pattern in enumerate(o.frozen):
+    _check_regex(pattern, f"optim.frozen[{i}]")
+  for i, pair in enumerate(o.lr_multipliers):
+    _require(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str),
+             f"optim.lr_multipliers[{i}]", f"must be a [regex, factor] pair, got {pair!r}")
+    _check_regex(pair[0], f"optim.lr_multipliers[{i}]")
+    _require(isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool)
+             and pair[1] >= 0, f"optim.lr_multipliers[{i}]",
+             f"factor must be a number >= 0, got {pair[1]!r}")
+
+
+def _check_regex(pattern: Any, key: str) -> None:
+  _require(isinstance(pattern, str), key, f"must be a regex string, got {pattern!r}")
+  try:
+    re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"config.{key}: bad regex {pattern!r} ({e})") from None
+
+
+def check_known_keys(cfg: Any, base: Any, prefix: str = "") -> None:
+  """Every key of ``cfg`` exists in ``base``, recursively; raises naming the first typo.
+
+  A sub-dict is compared key by key when its default is a non-empty dict without a
+  ``name``; a slot (``{"name": ..., options}``, whose options the filler checks) and an
+  empty default (a free-form table such as ``mtl.options``) are not.
+
+  Raises:
+    ValueError: ``config.<path>: unknown key; known: ...``.
+  """
+  for key in cfg:
+    path = f"{prefix}{key}"
+    _require(key in base, path, f"unknown key; known: {', '.join(sorted(base))}")
+    sub, default = cfg[key], base[key]
+    if (isinstance(sub, (dict, ml_collections.ConfigDict))
+        and isinstance(default, (dict, ml_collections.ConfigDict))
+        and len(default) and "name" not in default):
+      check_known_keys(sub, default, path + ".")
+
+
+def check_finite(value: Any, path: str = "") -> None:
+  """Every float anywhere in ``value`` (dicts, lists, tuples) is finite.
+
+  Raises:
+    ValueError: ``config.<path>: must be finite, got nan``.
+  """
+  if isinstance(value, float):
+    _require(math.isfinite(value), path, f"must be finite, got {value}")
+  elif isinstance(value, (dict, ml_collections.ConfigDict)):
+    for k in value:
+      check_finite(value[k], f"{path}.{k}" if path else str(k))
+  elif isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      check_finite(v, f"{path}[{i}]")
 
 
 def _check_types(cfg: ml_collections.ConfigDict, base: ml_collections.ConfigDict,

@@ -5,9 +5,13 @@ Training, gradient surgery and the analysis all see the model the same way:
 dict of arrays, what optax and orbax hold), and ``per_task_metrics`` turns logits
 into the vector of per-task losses [T] that gradient surgery differentiates.
 
-Batch contract (see ``modular.data``):
-  inputs [B, L] int32, targets [B, L] int32, mask [B, L] float32 (1 on answer
-  tokens), task_id [B] int32 in [0, T).
+Batch contract (see ``modular.data``), one of two kinds:
+  next-token: inputs [B, L] int32, targets [B, L] int32, mask [B, L] float32 (1 on
+    answer tokens), task_id [B] int32 in [0, T);
+  classification (the encoder): inputs [B, L] int32, label [B] int32 (the class in
+    [0, C_t), -1 on padding rows that carry no loss), task_id [B] int32, and
+    optionally token_mask [B, L] bool (default inputs != PAD) and token_type [B, L]
+    int32 (segment ids of sentence pairs); no targets/mask.
 """
 
 from __future__ import annotations
@@ -77,7 +81,13 @@ class FunctionalModel:
                   deterministic=deterministic, rng=rng, capture=capture,
                   head_gates=head_gates, head_means=head_means,
                   token_mask=token_mask(batch))
-    return model(batch["inputs"], ctx), ctx
+    extra = {"token_type": batch["token_type"]} if "token_type" in batch else {}
+    return model(batch["inputs"], ctx, **extra), ctx
+
+
+def is_classification(batch: dict) -> bool:
+  """Whether ``batch`` is a classification batch (has ``label`` [B], no targets)."""
+  return "label" in batch and "targets" not in batch
 
 
 def token_mask(batch: dict) -> jax.Array:
@@ -96,8 +106,77 @@ def token_losses(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
+def classification_metrics(logits: jax.Array, batch: dict,
+                           num_tasks: int) -> dict[str, jax.Array]:
+  """Per-task cross-entropy and accuracy of class logits.
+
+  Args:
+    logits: [B, C] (classes a task lacks hold -1e9, see ``models.heads``).
+    batch: with ``label`` [B] (-1: padding row) and ``task_id`` [B].
+    num_tasks: T.
+
+  Returns:
+    dict of [T] arrays with the keys of ``per_task_metrics``: ``loss`` (mean CE over
+    the task's examples), ``accuracy`` and ``seq_accuracy`` (both the fraction of
+    examples classified right), ``tokens`` and ``examples`` (the example count, so
+    that count-weighted sums over batches are exact), ``present``.
+  """
+  label = batch["label"].astype(jnp.int32)  # [B]
+  valid = (label >= 0).astype(jnp.float32)  # [B]
+  safe = jnp.maximum(label, 0)
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, C]
+  ce = -jnp.take_along_axis(logp, safe[:, None], axis=-1)[:, 0] * valid  # [B]
+  right = (jnp.argmax(logits, -1) == label).astype(jnp.float32) * valid  # [B]
+  examples = onehot.T @ valid  # [T]
+  denom = jnp.maximum(examples, 1.0)
+  accuracy = (onehot.T @ right) / denom
+  return {"loss": (onehot.T @ ce) / denom, "accuracy": accuracy, "seq_accuracy": accuracy,
+          "tokens": examples, "examples": examples,
+          "present": (examples > 0).astype(jnp.float32)}
+
+
+def example_losses(logits: jax.Array, batch: dict) -> jax.Array:
+  """Each example's loss [B]: mean CE over its answer tokens, or its class CE.
+
+  Rows without a loss (no answer tokens, label -1) get 0.
+  """
+  if is_classification(batch):
+    label = batch["label"].astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, C]
+    ce = -jnp.take_along_axis(logp, jnp.maximum(label, 0)[:, None], axis=-1)[:, 0]
+    return ce * (label >= 0)
+  mask = batch["mask"].astype(jnp.float32)  # [B, L]
+  tok = token_losses(logits, batch["targets"]) * mask  # [B, L]
+  return tok.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+
+
+def example_weights(batch: dict, xp=jnp):
+  """[B] 1.0 on examples that carry a loss (padding rows 0); ``xp``: numpy or jax.numpy."""
+  if is_classification(batch):
+    return (xp.asarray(batch["label"]) >= 0).astype(xp.float32)
+  return (xp.asarray(batch["mask"]).sum(-1) > 0).astype(xp.float32)
+
+
+def task_counts(batch: dict, num_tasks: int) -> jax.Array:
+  """[T] answer tokens (next-token) or labelled examples (classification) of each task."""
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
+  if is_classification(batch):
+    return onehot.T @ example_weights(batch)
+  return onehot.T @ batch["mask"].astype(jnp.float32).sum(-1)
+
+
+def tasks_present(batch: dict, num_tasks: int) -> jax.Array:
+  """[T] 1.0 for the tasks with at least one example carrying a loss in ``batch``."""
+  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
+  return (onehot.T @ example_weights(batch) > 0).astype(jnp.float32)
+
+
 def per_task_metrics(logits: jax.Array, batch: dict, num_tasks: int) -> dict[str, jax.Array]:
   """Per-task masked loss and accuracy.
+
+  A classification batch (``label`` [B], logits [B, C]) goes to
+  ``classification_metrics``, which returns the same keys.
 
   Each task's loss is the mean cross-entropy over its answer tokens in the batch; a
   task absent from the batch gets loss 0 and ``present`` 0.
@@ -112,6 +191,8 @@ def per_task_metrics(logits: jax.Array, batch: dict, num_tasks: int) -> dict[str
     ``seq_accuracy`` (all answer tokens right), ``tokens`` (answer-token count),
     ``examples``, ``present`` (1.0 where the task has answer tokens).
   """
+  if is_classification(batch):
+    return classification_metrics(logits, batch, num_tasks)
   mask = batch["mask"].astype(jnp.float32)  # [B, L]
   onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)  # [B, T]
   tok_loss = token_losses(logits, batch["targets"]) * mask  # [B, L]

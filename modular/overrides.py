@@ -12,6 +12,7 @@ import ast
 import contextlib
 import importlib.util
 import os
+import traceback
 from typing import Any
 
 import ml_collections
@@ -20,25 +21,92 @@ import ml_collections
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """Loads ``get_config(arg)`` from a Python config file.
 
+  The base config (``modular.config.get_base_config``) is locked, so a typo in a config
+  file (``c.model.d_modle = 16``) fails where it is written.
+
   Args:
     path: "configs/quickstart.py" or "configs/quickstart.py:arg".
     arg: the argument for ``get_config`` (overrides one given after a colon).
 
   Returns:
     The ConfigDict the file builds.
+
+  Raises:
+    ValueError: one line for a missing file, a folder, a syntax error, an unknown key or
+      a wrong type in the file (``config.<section>.<key>: ...``), or any other error
+      raised by the file (its line is named).
   """
   if ":" in path and not os.path.exists(path):
     path, file_arg = path.rsplit(":", 1)
     arg = arg if arg is not None else file_arg
   if not os.path.exists(path):
     raise FileNotFoundError(f"--config: no config file at {path}")
+  if os.path.isdir(path):
+    raise ValueError(f"--config: {path} is a folder; give a config file such as "
+                     "configs/quickstart.py")
   name = "modular_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"--config: {path} defines no get_config()")
-  return module.get_config(arg) if arg is not None else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise ValueError(f"--config: {path} defines no get_config()")
+    return module.get_config(arg) if arg is not None else module.get_config()
+  except SyntaxError as e:
+    raise ValueError(f"--config: {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+  except Exception as e:  # a config file may raise anything: one line naming where
+    raise ValueError(_config_file_error(e, path)) from None
+
+
+def _config_file_error(e: Exception, path: str) -> str:
+  """One line for an exception raised while a config file ran."""
+  if str(e).startswith(("config.", "--config")):
+    return str(e)
+  frames = list(traceback.walk_tb(e.__traceback__))
+  if isinstance(e, AttributeError) and e.__context__ is not None:  # ConfigDict.__setattr__
+    frames += list(traceback.walk_tb(e.__context__.__traceback__))
+  where = path
+  package = os.path.dirname(os.path.abspath(__file__))
+  for frame, lineno in frames:
+    filename = os.path.abspath(frame.f_code.co_filename)
+    if not filename.startswith(package) and "site-packages" not in filename:
+      where = f"{frame.f_code.co_filename}:{lineno}"
+  setter = [f for f, _ in frames if f.f_code.co_name == "__setitem__"
+            and isinstance(f.f_locals.get("self"), ml_collections.ConfigDict)]
+  if setter and isinstance(e, (AttributeError, KeyError, TypeError)):
+    node, key = setter[-1].f_locals["self"], setter[-1].f_locals.get("key")
+    prefix = _node_path(node, [f for f, _ in frames if f.f_code.co_name != "__setitem__"])
+    prefix = "<section>" if prefix is None else prefix
+    full = f"config.{prefix}.{key}" if prefix else f"config.{key}"
+    if isinstance(e, TypeError):
+      return f"{full}: wrong type ({str(e).splitlines()[0]}) at {where}"
+    return f"{full}: unknown key at {where}; known: {', '.join(sorted(node.keys()))}"
+  message = str(e).splitlines()[0] if str(e) else ""
+  return f"--config: {where}: {type(e).__name__}: {message}"
+
+
+def _node_path(node: ml_collections.ConfigDict, frames: list) -> str | None:
+  """The dotted path of ``node`` inside a ConfigDict held by one of ``frames``."""
+
+  def find(tree: Any, prefix: str) -> str | None:
+    if tree is node:
+      return prefix
+    if isinstance(tree, ml_collections.ConfigDict):
+      for k in tree.keys():
+        sub = tree._fields.get(k)  # pylint: disable=protected-access
+        if isinstance(sub, ml_collections.ConfigDict):
+          got = find(sub, f"{prefix}.{k}" if prefix else str(k))
+          if got is not None:
+            return got
+    return None
+
+  for frame in frames:
+    for value in frame.f_locals.values():
+      if isinstance(value, ml_collections.ConfigDict):
+        got = find(value, "")
+        if got is not None:
+          return got
+  return None
 
 
 def _parse(key: str, text: str, current: Any) -> Any:

@@ -1,10 +1,14 @@
-"""Sweeps: axes expand to runs, each run trains, the results table collects them."""
+"""Sweeps (local engine): axes expand to validated points, runs train, the table collects them."""
 
 from __future__ import annotations
 
 import csv
 import os
 
+import numpy as np
+import pytest
+
+from modular import cli
 from modular import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,9 +31,8 @@ def test_shipped_experiment_expands(data_dir):
   assert cfg.data.sampling == "temperature" and cfg.mtl.method == "mean"
 
 
-def test_sweep_runs_and_writes_table(tmp_path, data_dir):
-  exp = tmp_path / "exp.py"
-  exp.write_text(f'''
+def write_experiment(path, data_dir: str, hyper: str, extra: str = "") -> str:
+  path.write_text(f'''
 import sys
 sys.path.insert(0, {os.path.join(ROOT, "configs")!r})
 import quickstart
@@ -41,12 +44,97 @@ def get_config(arg=None):
   c.train.progress = False
   return c
 def get_hyper(h):
-  return h.sweep("config.optim.learning_rate", [1e-3, 3e-3])
+  return {hyper}
+{extra}
 ''')
-  table = experiments.run_sweep(str(exp), str(tmp_path / "sweep"))
-  rows = list(csv.reader(open(tmp_path / "sweep" / "results.csv")))
-  assert rows[0][:2] == ["run", "learning_rate"]
-  assert [r[0] for r in rows[1:]] == ["learning_rate=0.001", "learning_rate=0.003"]
-  acc = [float(v) for v in rows[1][2:4]]
-  assert all(0.0 <= a <= 1.0 for a in acc)
-  assert "accuracy/copy" in rows[0] and "| learning_rate=0.003 |" in table
+  return str(path)
+
+
+def read_csv(path) -> list[dict[str, str]]:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_sweep_rerun_keeps_results_and_reports_failure(tmp_path, data_dir):
+  """#10 item 2: a rerun keeps finished runs' results; a run failing at run time is a row."""
+  exp = write_experiment(tmp_path / "exp.py", data_dir, (
+      'h.chain(h.sweep("config.optim.learning_rate", [1e-3, 3e-3]), '
+      'h.fixed("config.train.init_from", "/nonexistent/run"))'))
+  sweep = tmp_path / "sweep"
+  table = experiments.run_sweep(exp, str(sweep))
+  first = (sweep / "results.csv").read_text()
+  rows = read_csv(sweep / "results.csv")
+  assert [r["run"] for r in rows] == ["learning_rate=0.001", "learning_rate=0.003",
+                                      "init_from=_nonexistent_run"]
+  assert [r["status"] for r in rows] == ["finished", "finished", "failed"]
+  assert "/nonexistent/run" in rows[2]["error"] and "init_from=_nonexistent_run:" in table
+  for r in rows[:2]:
+    acc = [float(r[f"accuracy/{t}"]) for t in ("copy", "reverse")]
+    assert all(0.0 <= a <= 1.0 for a in acc)
+    assert abs(float(r["accuracy/mean"]) - sum(acc) / 2) < 1e-4
+  stamps = {r["run"]: os.stat(sweep / r["run"] / "summary.json").st_mtime_ns for r in rows[:2]}
+
+  experiments.run_sweep(exp, str(sweep))  # the same command again
+  assert (sweep / "results.csv").read_text() == first  # complete, same numbers
+  assert "nan" not in first.lower()
+  for name, stamp in stamps.items():  # finished runs were not rerun
+    assert os.stat(sweep / name / "summary.json").st_mtime_ns == stamp
+
+
+def test_bad_second_point_fails_before_any_run(tmp_path, data_dir, capsys):
+  """#10 item 8: every point is validated first; the error is one line naming the point."""
+  exp = write_experiment(tmp_path / "exp.py", data_dir,
+                         'h.sweep("config.mtl.method", ["mean", "no_such_method"])')
+  sweep = tmp_path / "sweep"
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", exp, "--workdir", str(sweep)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert "get_hyper point 1 (method=no_such_method)" in err[0] and "mtl.method" in err[0]
+  assert not sweep.exists()  # nothing ran, nothing was written
+
+
+def test_baselines_must_train_one_task(tmp_path, data_dir):
+  exp = write_experiment(tmp_path / "exp.py", data_dir, 'h.fixed("config.train.seed", 0)',
+                         'def get_baselines(h):\n'
+                         '  return h.sweep("config.data.tasks", [["copy"], ["copy", "reverse"]])')
+  assert [p.name for p in experiments.expand(exp)] == ["seed=0"]
+  with pytest.raises(ValueError, match=r"get_baselines point single-tasks=copy\+reverse: "
+                                       r"config.data.tasks"):
+    experiments.expand_baselines(exp)
+
+
+def _delta_m_numpy(mt: dict, single: dict) -> float:
+  """Maninis et al.: mean over (task, metric) of (-1)^l (M - M_b) / M_b, in percent."""
+  lower_is_better = {"accuracy": 0, "loss": 1}
+  terms = [(-1.0) ** lower_is_better[m] * (mt[m][t] - single[m][t]) / single[m][t]
+           for m in ("accuracy", "loss") for t in mt[m] if t in single.get(m, {})]
+  return float(np.mean(terms) * 100.0)
+
+
+def test_delta_m_column_matches_numpy_reference():
+  rng = np.random.default_rng(0)
+  tasks = ["copy", "reverse", "sort"]
+
+  def evals(ts):
+    return {m: {t: float(rng.uniform(0.1, 2.0)) for t in ts}
+            for m in ("accuracy", "seq_accuracy", "loss")}
+
+  multi = [{"name": f"m{i}", "point": {"config.train.seed": i}, "status": "finished",
+            "eval": evals(tasks), "baseline": False} for i in range(3)]
+  # Two baselines of copy (their mean is the reference), one of reverse, none of sort.
+  base = [{"name": f"single-{t}{i}", "point": {"config.data.tasks": [t]},
+           "status": "finished", "eval": evals([t]), "baseline": True}
+          for i, t in enumerate(["copy", "copy", "reverse"])]
+  single = {m: {"copy": np.mean([b["eval"][m]["copy"] for b in base[:2]]),
+                "reverse": base[2]["eval"][m]["reverse"]} for m in ("accuracy", "loss")}
+  header, table = experiments.results_table(multi + base, tasks)
+  col = header.index("delta_m")
+  for r, line in zip(multi, table):
+    want = _delta_m_numpy(r["eval"], single)
+    assert abs(line[col] - want) < 1e-4, (line[col], want)
+    assert line[col] == round(experiments.delta_m(r["eval"], single), 4)
+  assert all(line[col] == "" for line in table[3:])  # no Δm for the baselines themselves
+  header, _ = experiments.results_table(multi, tasks)
+  assert "delta_m" not in header  # only when baselines are declared

@@ -1,5 +1,6 @@
 """Token-level MoE: dispatch, combine and capacity dropping against NumPy references."""
 
+import itertools
 import math
 
 import jax
@@ -17,9 +18,11 @@ def _np_softmax(z):
   return e / e.sum(-1, keepdims=True)
 
 
-def _np_route(probs, k, capacity, normalize=True):
-  """Loop reference: first choices of all tokens before second choices."""
+def _np_route(probs, k, capacity, normalize=True, valid=None):
+  """Loop reference: tokens in position order, each placing its k choices; padding
+  (``valid`` False) takes no slot."""
   s, e = probs.shape
+  valid = np.ones(s, bool) if valid is None else valid
   order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
   gates = np.take_along_axis(probs, order, -1)
   if normalize and k > 1:
@@ -27,9 +30,11 @@ def _np_route(probs, k, capacity, normalize=True):
   count = np.zeros(e, int)
   dispatch = np.zeros((s, e, capacity))
   combine = np.zeros((s, e, capacity))
-  for j in range(k):
-    for t in range(s):
+  for t in range(s):
+    for j in range(k):
       ex = order[t, j]
+      if not valid[t]:
+        continue
       if count[ex] < capacity:
         dispatch[t, ex, count[ex]] = 1.0
         combine[t, ex, count[ex]] = gates[t, j]
@@ -37,15 +42,15 @@ def _np_route(probs, k, capacity, normalize=True):
   return dispatch, combine
 
 
-def _np_moe(x, p, k, factor, act=lambda h: np.maximum(h, 0)):
-  """Per-sequence groups; dropped choices add nothing."""
+def _np_moe(x, p, k, factor, act=lambda h: np.maximum(h, 0), valid=None):
+  """Per-sequence groups; dropped choices and padding add nothing."""
   b, s, d = x.shape
   e = p["router"].shape[-1]
   cap = max(1, min(s, math.ceil(factor * s * k / e)))
   y = np.zeros_like(x)
   for g in range(b):
     probs = _np_softmax(x[g] @ p["router"])
-    _, combine = _np_route(probs, k, cap)
+    _, combine = _np_route(probs, k, cap, valid=None if valid is None else valid[g])
     for t in range(s):
       for ex in range(e):
         w = combine[t, ex].sum()
@@ -63,11 +68,14 @@ def _params(module):
 def test_dispatch_combine_masks_match_numpy():
   rng = np.random.default_rng(0)
   probs = _np_softmax(rng.normal(size=(3, 10, 4)) * 2).astype(np.float32)
-  for k, cap in [(1, 2), (2, 3), (2, 10), (3, 4)]:
-    route = routing.top_k_route(jnp.asarray(probs), k, cap)
+  valid = rng.random((3, 10)) > 0.3
+  for (k, cap), mask in itertools.product([(1, 2), (2, 3), (2, 10), (3, 4)], [None, valid]):
+    route = routing.top_k_route(jnp.asarray(probs), k, cap,
+                                valid=None if mask is None else jnp.asarray(mask))
     dispatch, combine = routing.dispatch_combine_masks(route, 4)
     for g in range(3):
-      d_ref, c_ref = _np_route(probs[g].astype(np.float64), k, cap)
+      d_ref, c_ref = _np_route(probs[g].astype(np.float64), k, cap,
+                               valid=None if mask is None else mask[g])
       np.testing.assert_array_equal(np.asarray(dispatch[g]), d_ref)
       np.testing.assert_allclose(np.asarray(combine[g]), c_ref, atol=1e-6)
 
@@ -75,7 +83,7 @@ def test_dispatch_combine_masks_match_numpy():
 @pytest.mark.parametrize("dispatch", ["einsum", "scatter"])
 @pytest.mark.parametrize("k,factor", [(1, 1.0), (2, 0.5), (2, 2.0)])
 def test_moe_forward_matches_numpy(dispatch, k, factor):
-  args = slot_args(d_model=8, d_ff=12, num_tasks=2)
+  args = slot_args(d_model=8, d_ff=12, num_tasks=2, seq_len=10)
   ffn = build_filler("ffn", {"name": "moe", "num_experts": 4, "top_k": k,
                              "capacity_factor": factor, "dispatch": dispatch}, args)
   p = _params(ffn)
@@ -84,9 +92,10 @@ def test_moe_forward_matches_numpy(dispatch, k, factor):
   ffn.b_in[...] = jnp.asarray(p["b_in"], jnp.float32)
   ffn.b_out[...] = jnp.asarray(p["b_out"], jnp.float32)
   x = np.random.default_rng(3).normal(size=(3, 10, 8)).astype(np.float32)
-  y, _, stats = call(ffn, jnp.asarray(x), [0, 1, 0], 2)
-  np.testing.assert_allclose(np.asarray(y), _np_moe(x.astype(np.float64), p, k, factor),
-                             rtol=2e-4, atol=2e-4)
+  valid = np.arange(10)[None, :] < np.array([[10], [6], [3]])  # padded tails
+  y, _, stats = call(ffn, jnp.asarray(x), [0, 1, 0], 2, token_mask=valid)
+  np.testing.assert_allclose(np.asarray(y), _np_moe(x.astype(np.float64), p, k, factor,
+                                                    valid=valid), rtol=2e-4, atol=2e-4)
   dropped = float(stats["block0/ffn/dropped_fraction"])
   if factor < 1:
     assert dropped > 0  # capacity dropping is exercised
@@ -118,6 +127,16 @@ def test_losses_match_numpy():
   lse = np.log(np.exp(logits.astype(np.float64)).sum(-1))
   np.testing.assert_allclose(float(routing.router_z_loss(jnp.asarray(logits))),
                              np.mean(lse ** 2), rtol=1e-5)
+  # Over real tokens only: the same formulas on the rows that are not padding.
+  valid = rng.random((2, 5)) > 0.4
+  f_v = np.stack([(top[valid] == e).sum(-1).mean() / 2 for e in range(4)])
+  ref_lb_v = 4 * np.sum(f_v * probs[valid].mean(0))
+  got_v = routing.load_balance_loss(jnp.asarray(probs, jnp.float32), route.expert,
+                                    jnp.asarray(valid))
+  np.testing.assert_allclose(float(got_v), ref_lb_v, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(routing.router_z_loss(jnp.asarray(logits), jnp.asarray(valid))),
+      np.mean(lse[valid] ** 2), rtol=1e-5)
 
 
 @pytest.mark.parametrize("gate", ["add", "concat", "per_task"])

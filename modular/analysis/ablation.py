@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modular.analysis.batches import Batch
-from modular.objective import FunctionalModel, Params, per_task_metrics
+from modular.objective import FunctionalModel, Params, per_task_metrics, task_counts
 
 MODES = ("zero", "mean")
 
@@ -149,8 +149,7 @@ def ablation_sums(fm: FunctionalModel, params: Params, batch: dict, patterns: tu
       loss, correct = jax.lax.map(one, xs, batch_size=chunk)
     losses.append(loss)
     corrects.append(correct)
-  mask = batch["mask"].astype(jnp.float32)
-  tokens = jax.nn.one_hot(batch["task_id"], fm.num_tasks).T @ mask.sum(-1)
+  tokens = task_counts(batch, fm.num_tasks)
   return base_loss, base_correct, jnp.stack(losses), jnp.stack(corrects), tokens
 
 

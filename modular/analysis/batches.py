@@ -13,7 +13,9 @@ routing statistics cover every task). Padding rows added to fill the last batch 
 ``mask`` 0 everywhere: they count as no example of any task and change no metric.
 
 Batch contract (``modular.objective``): inputs [B, L] int32, targets [B, L] int32,
-mask [B, L] float32 (1 on answer tokens), task_id [B] int32.
+mask [B, L] float32 (1 on answer tokens), task_id [B] int32; or, for classification,
+inputs, label [B] int32 (-1: padding row) and task_id, with optional token_mask [B, L]
+bool and token_type [B, L] int32.
 
 References:
   Michel et al. 2019, "Are Sixteen Heads Really Better than One?" (importance is
@@ -27,6 +29,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 KEYS = ("inputs", "targets", "mask", "task_id")
+CLASSIFICATION_KEYS = ("inputs", "label", "task_id")
+OPTIONAL_KEYS = ("token_mask", "token_type")
+DTYPES = {"inputs": np.int32, "targets": np.int32, "mask": np.float32, "task_id": np.int32,
+          "label": np.int32, "token_mask": bool, "token_type": np.int32}
 PAD_ID = 0  # modular.data.vocab.PAD_ID
 
 Batch = dict[str, np.ndarray]
@@ -61,21 +67,19 @@ def concat_batches(eval_data: Any, max_batches_per_task: int | None = None) -> B
   if not batches:
     raise ValueError("no evaluation batches were given")
   seq = max(np.asarray(b["inputs"]).shape[1] for b in batches)
-  out = {k: [] for k in KEYS}
+  first = batches[0]
+  keys = CLASSIFICATION_KEYS if "label" in first and "targets" not in first else KEYS
+  keys = keys + tuple(k for k in OPTIONAL_KEYS if k in first)
+  out = {k: [] for k in keys}
   for b in batches:
-    for k in KEYS:
+    for k in keys:
       if k not in b:
         raise ValueError(f"evaluation batch has no {k!r} (keys: {sorted(b)})")
       v = np.asarray(b[k])
-      if k != "task_id" and v.shape[1] < seq:
+      if v.ndim == 2 and v.shape[1] < seq:
         v = np.pad(v, ((0, 0), (0, seq - v.shape[1])), constant_values=PAD_ID)
       out[k].append(v)
-  pool = {
-      "inputs": np.concatenate(out["inputs"]).astype(np.int32),
-      "targets": np.concatenate(out["targets"]).astype(np.int32),
-      "mask": np.concatenate(out["mask"]).astype(np.float32),
-      "task_id": np.concatenate(out["task_id"]).astype(np.int32),
-  }
+  pool = {k: np.concatenate(v).astype(DTYPES[k]) for k, v in out.items()}
   keep = example_valid(pool) > 0
   return {k: v[keep] for k, v in pool.items()}
 
@@ -95,7 +99,8 @@ def split_batches(pool: Batch, batch_size: int) -> list[Batch]:
   num = -(-n // batch_size)
   pad = num * batch_size - n
   if pad:
-    pool = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+    pool = {k: np.concatenate([v, np.full((pad,) + v.shape[1:], -1 if k == "label" else 0,
+                                          v.dtype)])
             for k, v in pool.items()}
   return [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in pool.items()}
           for i in range(num)]
@@ -123,7 +128,9 @@ def prepare_batches(eval_data: Any, batch_size: int = 256,
 
 
 def example_valid(batch: Mapping[str, Any], xp=np):
-  """[B] 1.0 for examples that have answer tokens (padding rows are 0)."""
+  """[B] 1.0 for examples that have answer tokens or a label (padding rows are 0)."""
+  if "label" in batch and "targets" not in batch:
+    return (xp.asarray(batch["label"]) >= 0).astype(xp.float32)
   return (xp.asarray(batch["mask"]).sum(-1) > 0).astype(xp.float32)
 
 

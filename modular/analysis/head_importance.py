@@ -11,7 +11,9 @@ passes either (the differentiation is with respect to the gates only, so no weig
 gradients are formed).
 
 L(x) is the example's mean cross-entropy over its answer tokens. Importance is
-normalized per layer by the L2 norm over that layer's heads (Michel et al. §4.1).
+normalized per layer by the L2 norm over that layer's heads (Michel et al. §4.1),
+after importances at or below the model's noise floor (``noise.noise_floor``) are set
+to 0: a layer where no head matters stays 0 instead of becoming a sharp pattern.
 
 Caveat: a module that couples examples within a batch (a capacity-limited
 token router) makes other examples' losses depend on xi[b] too; the sum's gradient
@@ -32,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from modular.analysis.batches import Batch, example_valid
-from modular.objective import FunctionalModel, Params, token_losses
+from modular import objective
+from modular.analysis.noise import RELATIVE_FLOOR, floored, noise_floor
+from modular.objective import FunctionalModel, Params
 
 
 @dataclasses.dataclass
@@ -41,23 +45,25 @@ class HeadImportance:
 
   Attributes:
     raw: [T, NL, H] E_x |dL(x)/dxi_h| over each task's examples.
-    normalized: [T, NL, H] ``raw`` divided by its L2 norm over each layer's heads.
+    normalized: [T, NL, H] ``raw`` above the noise floor, divided by its L2 norm over
+      each layer's heads (0 in layers where every head is at noise level).
     examples: [T] number of examples behind each task's expectation.
+    floor: the noise floor applied to ``raw`` before normalizing.
   """
 
   raw: np.ndarray
   normalized: np.ndarray
   examples: np.ndarray
+  floor: float = 0.0
 
 
 def example_losses(logits: jax.Array, batch: dict) -> jax.Array:
-  """Per-example mean cross-entropy over answer tokens: [B, L, V] -> [B].
+  """Per-example loss [B]: mean cross-entropy over answer tokens ([B, L, V] logits), or
+  the class cross-entropy of a classification batch ([B, C] logits).
 
-  Examples without answer tokens get 0.
+  Examples without answer tokens (or with label -1) get 0.
   """
-  mask = batch["mask"].astype(jnp.float32)  # [B, L]
-  tok = token_losses(logits, batch["targets"]) * mask  # [B, L]
-  return tok.sum(-1) / jnp.maximum(mask.sum(-1), 1.0)
+  return objective.example_losses(logits, batch)
 
 
 def ones_gates(fm: FunctionalModel, batch_size: int | None = None) -> jax.Array:
@@ -102,24 +108,33 @@ def importance_sums(fm: FunctionalModel, params: Params, batch: dict
   return abs_sum, onehot.sum(0)
 
 
-def normalize_per_layer(importance: np.ndarray) -> np.ndarray:
+def normalize_per_layer(importance: np.ndarray, floor: float = 0.0) -> np.ndarray:
   """Divides each layer's head importances by their L2 norm: [..., NL, H] -> same.
 
-  A layer whose heads all have importance 0 stays 0.
+  Args:
+    importance: [..., NL, H] non-negative importances.
+    floor: importances at or below it are noise and set to 0 first
+      (``noise.noise_floor``), so noise is never scaled up to look like a pattern.
+
+  Returns:
+    [..., NL, H]; a layer whose heads are all at or below the floor stays 0.
   """
-  importance = np.asarray(importance, np.float64)
+  importance = floored(importance, floor)
   norm = np.linalg.norm(importance, axis=-1, keepdims=True)
   return np.where(norm > 0, importance / np.where(norm > 0, norm, 1.0), 0.0)
 
 
 def gradient_head_importance(fm: FunctionalModel, params: Params,
-                             batches: Sequence[Batch]) -> HeadImportance:
+                             batches: Sequence[Batch],
+                             relative_floor: float = RELATIVE_FLOOR) -> HeadImportance:
   """Gradient importance of every head for every task over evaluation batches.
 
   Args:
     fm: the functional model.
     params: its parameters (sharded or not).
     batches: equal-size mixed batches (``batches.prepare_batches``).
+    relative_floor: the noise floor's share of the largest importance
+      (``noise.noise_floor``).
 
   Returns:
     A ``HeadImportance`` with raw [T, NL, H], per-layer normalized [T, NL, H] and
@@ -132,7 +147,9 @@ def gradient_head_importance(fm: FunctionalModel, params: Params,
     abs_sum += np.asarray(s, np.float64)
     examples += np.asarray(n, np.float64)
   raw = abs_sum / np.maximum(examples, 1.0)[:, None, None]
-  return HeadImportance(raw=raw, normalized=normalize_per_layer(raw), examples=examples)
+  floor = noise_floor(raw, relative_floor)
+  return HeadImportance(raw=raw, normalized=normalize_per_layer(raw, floor),
+                        examples=examples, floor=floor)
 
 
 @functools.partial(jax.jit, static_argnums=0)

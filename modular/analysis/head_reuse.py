@@ -2,7 +2,9 @@
 
 From any per-task head score [T, NL, H] (gradient importance, or the loss increase
 under ablation) each task gets a set of important heads: its top-k heads, or the
-heads whose score reaches a threshold. Between tasks the sets are compared by IoU
+heads whose score reaches a threshold, in both cases only among heads whose score is
+above the model's noise floor (``noise.noise_floor``): a task that no head matters
+for gets an empty set, and k is a maximum, not a quota. Between tasks the sets are compared by IoU
 and by the overlap coefficient, over all heads and within each layer; the heads in
 every task's set are "shared" and the heads in exactly one task's set are
 "specific" to it.
@@ -20,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from modular.analysis.noise import above_floor
 from modular.analysis.sets import iou_matrix, mean_off_diagonal, overlap_matrix
 
 
@@ -37,6 +40,10 @@ class HeadReuse:
     specific: {task index: [(layer, head)]} heads important for that task only.
     mean_iou: mean off-diagonal IoU over all heads (NaN when undefined).
     mean_iou_per_layer: [NL].
+    set_sizes: [T] number of important heads of each task.
+    top_k: the k of the top-k sets (None for threshold sets).
+    threshold: the score threshold (None for top-k sets).
+    floor: the noise floor the scores had to exceed.
   """
 
   sets: np.ndarray
@@ -48,6 +55,10 @@ class HeadReuse:
   specific: dict[int, list[tuple[int, int]]]
   mean_iou: float
   mean_iou_per_layer: np.ndarray
+  set_sizes: np.ndarray | None = None
+  top_k: int | None = None
+  threshold: float | None = None
+  floor: float = 0.0
 
   def to_json(self, task_names: Sequence[str] | None = None) -> dict:
     """A JSON-ready dict (task indices replaced by names when given)."""
@@ -62,6 +73,8 @@ class HeadReuse:
         "specific": {name(t): [list(lh) for lh in v] for t, v in self.specific.items()},
         "mean_iou": _nan_to_none(self.mean_iou),
         "mean_iou_per_layer": _nan_to_none(self.mean_iou_per_layer),
+        "set_sizes": {name(t): int(n) for t, n in enumerate(self.sets.sum((1, 2)))},
+        "top_k": self.top_k, "threshold": self.threshold, "floor": self.floor,
     }
 
 
@@ -74,15 +87,16 @@ def _nan_to_none(x):
 
 
 def important_heads(scores: np.ndarray, top_k: int | None = None,
-                    threshold: float | None = None) -> np.ndarray:
+                    threshold: float | None = None, floor: float = 0.0) -> np.ndarray:
   """Per-task important-head sets.
 
   Args:
     scores: [T, NL, H] importance (higher = more important).
-    top_k: each task's k highest-scoring heads over all layers (ties broken by
-      the lower flat index l * H + h); only heads with a score > 0 qualify, so a
-      head with no effect is never chosen.
+    top_k: each task's at most k highest-scoring heads over all layers (ties broken
+      by the lower flat index l * H + h).
     threshold: heads with score >= threshold. Exactly one of top_k / threshold.
+    floor: only heads with a score > floor qualify (``noise.noise_floor``; the
+      default 0 means a head with no effect is never chosen), so sets can be empty.
 
   Returns:
     [T, NL, H] boolean sets.
@@ -91,17 +105,18 @@ def important_heads(scores: np.ndarray, top_k: int | None = None,
     raise ValueError("give exactly one of top_k or threshold")
   scores = np.asarray(scores, np.float64)
   if threshold is not None:
-    return scores >= threshold
+    return (scores >= threshold) & above_floor(scores, floor)
   num_tasks = scores.shape[0]
   flat = scores.reshape(num_tasks, -1)  # [T, NL * H]
   order = np.argsort(-flat, axis=-1, kind="stable")[:, :top_k]  # [T, k]
   sets = np.zeros_like(flat, bool)
   np.put_along_axis(sets, order, True, axis=-1)
-  return (sets & (flat > 0)).reshape(scores.shape)
+  return (sets & above_floor(flat, floor)).reshape(scores.shape)
 
 
 def head_reuse(scores: np.ndarray | None = None, top_k: int | None = None,
-               threshold: float | None = None, sets: np.ndarray | None = None) -> HeadReuse:
+               threshold: float | None = None, sets: np.ndarray | None = None,
+               floor: float = 0.0) -> HeadReuse:
   """Important heads per task and their reuse across tasks.
 
   Args:
@@ -109,12 +124,13 @@ def head_reuse(scores: np.ndarray | None = None, top_k: int | None = None,
     top_k: see ``important_heads``.
     threshold: see ``important_heads``.
     sets: [T, NL, H] precomputed boolean sets.
+    floor: see ``important_heads``.
 
   Returns:
     A ``HeadReuse``.
   """
   if sets is None:
-    sets = important_heads(scores, top_k=top_k, threshold=threshold)
+    sets = important_heads(scores, top_k=top_k, threshold=threshold, floor=floor)
   sets = np.asarray(sets, bool)
   num_tasks, num_layers, num_heads = sets.shape
   flat = sets.reshape(num_tasks, -1)
@@ -130,7 +146,8 @@ def head_reuse(scores: np.ndarray | None = None, top_k: int | None = None,
   return HeadReuse(
       sets=sets, iou=iou, overlap=overlap_matrix(flat), iou_per_layer=iou_l,
       overlap_per_layer=overlap_matrix(per_layer), shared=shared, specific=specific,
-      mean_iou=float(mean_off_diagonal(iou)), mean_iou_per_layer=mean_off_diagonal(iou_l))
+      mean_iou=float(mean_off_diagonal(iou)), mean_iou_per_layer=mean_off_diagonal(iou_l),
+      set_sizes=flat.sum(-1), top_k=top_k, threshold=threshold, floor=floor)
 
 
 def default_top_k(num_layers: int, num_heads: int, fraction: float = 0.25) -> int:

@@ -166,3 +166,71 @@ def routing_analysis(stats: Mapping[str, np.ndarray], num_tasks: int,
 def entropy_over_training(values: np.ndarray) -> np.ndarray:
   """Per-task routing entropy along training: [S, T, K] -> [S, T] (nats)."""
   return entropy(normalize_rows(values))
+
+
+def entropy_tracking(similarity: np.ndarray, entropy_per_task: np.ndarray,
+                     keep: np.ndarray | None = None) -> tuple[float, float]:
+  """Does route similarity just follow how undecided the routes are?
+
+  Two uniform routes are identical, so tasks whose routes never sharpened look
+  alike. Over pairs i < j of kept tasks, the Spearman correlation between the route
+  similarity S[i, j] and the summed entropy H_i + H_j says how much of the
+  similarity is indecision.
+
+  Args:
+    similarity: [T, T] route similarity.
+    entropy_per_task: [T] route entropy (nats).
+    keep: [T] bool tasks to use (default all).
+
+  Returns:
+    (Spearman rho, its p-value); NaN with fewer than 3 pairs or constant inputs.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  t = similarity.shape[0]
+  keep = np.ones(t, bool) if keep is None else np.asarray(keep, bool)
+  i, j = np.triu_indices(t, 1)
+  ok = keep[i] & keep[j] & np.isfinite(similarity[i, j])
+  x = similarity[i, j][ok]
+  y = (entropy_per_task[i] + entropy_per_task[j])[ok]
+  if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    return float("nan"), float("nan")
+  res = stats.spearmanr(x, y)
+  return float(res.statistic), float(res.pvalue)
+
+
+def families_recovered(routes: np.ndarray, labels: np.ndarray,
+                       keep: np.ndarray | None = None, method: str = "average",
+                       metric: str = "euclidean") -> tuple[int, int]:
+  """How many declared families form a clade of the tasks' route dendrogram.
+
+  A family (a group of at least two kept tasks) is recovered when some subtree of
+  the average-linkage dendrogram of the kept tasks' routes holds exactly its tasks:
+  the way task-level MoE and Polytropon papers read families off routes.
+
+  Args:
+    routes: [T, K] normalized routes.
+    labels: [T] group labels (``groups.declared_groups``).
+    keep: [T] bool tasks to use.
+    method: linkage method.
+    metric: distance between routes.
+
+  Returns:
+    (recovered families, declared families with >= 2 kept tasks).
+  """
+  t = routes.shape[0]
+  keep = np.ones(t, bool) if keep is None else np.asarray(keep, bool)
+  idx = np.flatnonzero(keep)
+  lab = np.asarray(labels)[idx]
+  fams = [frozenset(np.flatnonzero(lab == g).tolist()) for g in np.unique(lab)
+          if np.sum(lab == g) >= 2]
+  if len(idx) < 3 or not fams:
+    return 0, len(fams)
+  link, _ = cluster_tasks(routes[idx], method, metric)
+  clades = [frozenset(hierarchy.to_tree(link).pre_order())]
+  stack = [hierarchy.to_tree(link)]
+  while stack:
+    node = stack.pop()
+    clades.append(frozenset(node.pre_order()))
+    stack += [c for c in (node.left, node.right) if c is not None]
+  clades = set(clades)
+  return sum(f in clades for f in fams), len(fams)

@@ -15,10 +15,14 @@ The training loop needs only these functions::
 
 Modules: ``vocab`` (token layout), ``tasks`` (built-in tasks), ``builders``
 (TFDS builders), ``external`` (any TFDS dataset as a task, ``text_to_symbols``),
+``classification`` (WordNet text tasks: classification batches, class counts),
 ``sources`` (``build_task_sources``), ``mixture`` (rates, mixing), ``pipeline``
 (encoding, iterators). No TensorFlow is needed anywhere.
 """
 
+from modular.data.classification import is_classification
+from modular.data.classification import label_names
+from modular.data.classification import num_classes
 from modular.data.config import default_data_config
 from modular.data.config import task_names
 from modular.data.config import validate_data_config
@@ -35,6 +39,7 @@ from modular.data.vocab import SEP_ID
 
 __all__ = [
     "MAX_TASKS", "PAD_ID", "SEP_ID", "build_task_sources", "default_data_config",
-    "encode_example", "make_eval_batches", "make_train_iterator", "sampling_rates",
+    "encode_example", "is_classification", "label_names", "make_eval_batches",
+    "make_train_iterator", "num_classes", "sampling_rates",
     "task_names", "text_to_symbols", "validate_data_config", "vocab_size",
 ]

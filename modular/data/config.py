@@ -13,6 +13,8 @@ Fields (``default_data_config()``):
                     longest prompt of the built-in tasks (position-aligned answers
                     make copy/reverse-like tasks much faster to learn)
   num_train    5000 train examples per built-in task
+  num_train_by_task  ""  per-task exceptions to num_train: "copy:4000,sort:500"
+                    (tasks of different sizes, so the sampling choice matters)
   num_eval     256  held-out ('test' split) examples per task for evaluation
   sampling     "proportional" | "uniform" | "temperature" | "explicit"
   temperature  2.0  p_t proportional to n_t ** (1 / temperature)
@@ -24,6 +26,11 @@ Fields (``default_data_config()``):
   data_seed    0    generation of the built-in datasets (kept apart from
                     ``seed`` so that training seeds share one dataset)
   external     []   external TFDS tasks, see ``modular.data.external``
+  wordnet      []   WordNet classification tasks (``modular.data.classification``);
+                    they cannot share a run with the next-token tasks above
+  tokenizer    ""   checkpoint name or folder whose tokenizer encodes text tasks
+                    ("": config.model.pretrained's, filled by ``fill_derived``;
+                    all-MiniLM-L6-v2's where no model config is at hand)
 
 The ConfigDict is not type-safe (``type_safe=False``) so that ``tasks`` and
 ``weights`` can be overridden with strings from the command line;
@@ -38,6 +45,7 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
+from modular.data import classification as classification_lib
 from modular.data import external as external_lib
 from modular.data import tasks as tasks_lib
 from modular.data import vocab
@@ -58,6 +66,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       seq_len=32,
       prompt_width=0,
       num_train=5000,
+      num_train_by_task="",
       num_eval=256,
       sampling="proportional",
       temperature=2.0,
@@ -66,11 +75,13 @@ def default_data_config() -> ml_collections.ConfigDict:
       seed=0,
       data_seed=0,
       external=[],
+      wordnet=[],
+      tokenizer="",
   ), type_safe=False)
 
 
 def _error(key: str, message: str) -> ValueError:
-  return ValueError(f"data config key '{key}': {message}")
+  return ValueError(f"config.data.{key}: {message}")
 
 
 def builtin_task_names(cfg: Any) -> list[str]:
@@ -94,12 +105,15 @@ def external_tasks(cfg: Any) -> list[external_lib.ExternalTask]:
 
 
 def task_names(cfg: Any) -> list[str]:
-  """All task names in task-id order: built-ins, then external tasks."""
-  return builtin_task_names(cfg) + [t.name for t in external_tasks(cfg)]
+  """All task names in task-id order: built-ins, external tasks, WordNet tasks."""
+  return (builtin_task_names(cfg) + [t.name for t in external_tasks(cfg)]
+          + classification_lib.wordnet_task_names(cfg))
 
 
 def vocab_size(cfg: Any) -> int:
-  """Vocabulary size of the data config (depends on ``n_symbols`` only)."""
+  """Vocabulary size: the tokenizer's for text tasks, else from ``n_symbols`` alone."""
+  if classification_lib.is_classification(cfg):
+    return classification_lib.vocab_size(cfg)
   return vocab.vocab_size(cfg.n_symbols)
 
 
@@ -148,6 +162,32 @@ def parse_weights(cfg: Any) -> np.ndarray:
   return out
 
 
+def builtin_num_train(cfg: Any) -> dict[str, int]:
+  """Train examples of every built-in task: ``num_train`` unless ``num_train_by_task`` says.
+
+  Raises:
+    ValueError: ``config.data.num_train_by_task`` malformed, naming a task that is not a
+      built-in task of the config, or a size < 1.
+  """
+  names = builtin_task_names(cfg)
+  out = {name: int(cfg.num_train) for name in names}
+  text = cfg.get("num_train_by_task", "") or ""
+  if not isinstance(text, str):
+    raise _error("num_train_by_task", f"expected 'task:n,...', got {text!r}")
+  for item in [i for i in text.split(",") if i.strip()]:
+    name, _, n = item.partition(":")
+    name = name.strip()
+    if name not in out:
+      raise _error("num_train_by_task", f"{name!r} is not a built-in task of {names}")
+    try:
+      out[name] = int(n)
+    except ValueError:
+      raise _error("num_train_by_task", f"expected 'task:n,...', got {text!r}") from None
+    if out[name] < 1:
+      raise _error("num_train_by_task", f"{name}: expected an int >= 1, got {out[name]}")
+  return out
+
+
 def _check_int(cfg: Any, key: str, low: int) -> None:
   value = cfg[key]
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
@@ -193,8 +233,11 @@ def validate_data_config(cfg: Any) -> None:
   for name in builtins:
     if name not in known:
       raise _error("tasks", f"unknown task {name!r}; known: {', '.join(known)}")
+  builtin_num_train(cfg)
   externals = external_tasks(cfg)
   names = builtins + [t.name for t in externals]
+  classification_lib.validate(cfg, names)
+  names += classification_lib.wordnet_task_names(cfg)
   if not names:
     raise _error("tasks", "no tasks: list built-in tasks or add external ones")
   if len(set(names)) != len(names):

@@ -78,10 +78,10 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
     ValueError: naming ``external[index]`` and the offending key.
   """
   entry = _plain(entry)
-  where = f"data config key 'external[{index}]'"
+  where = f"config.data.external[{index}]"
 
   def where_key(key: str) -> str:
-    return f"data config key 'external[{index}].{key}'"
+    return f"config.data.external[{index}].{key}"
 
   if not isinstance(entry, Mapping):
     raise ValueError(f"{where}: expected a dict, got {type(entry).__name__}")
@@ -101,6 +101,18 @@ def parse_external(entry: Any, index: int) -> ExternalTask:
   num_train = fields["num_train"]
   if not isinstance(num_train, int) or num_train < 0:
     raise ValueError(f"{where_key('num_train')}: expected an int >= 0, got {num_train!r}")
+  for key, module in [("imports", m) for m in imports] + [
+      ("preprocess", fields["preprocess"].partition(":")[0])]:
+    try:  # a bad module is named here, before any data is prepared
+      importlib.import_module(module)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"{where_key(key)}: cannot import {module!r} "
+                       f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                       ) from None
+  try:
+    resolve_function(fields["preprocess"])
+  except ValueError as e:
+    raise ValueError(f"{where_key('preprocess')}: {e}") from None
   return ExternalTask(
       name=fields["name"], tfds_name=fields["tfds_name"], preprocess=fields["preprocess"],
       train_split=fields["train_split"], eval_split=fields["eval_split"],

@@ -11,7 +11,9 @@ Batch format (the contract the model and the training loop rely on), with
 
 so that ``inputs[:, 0] == task_token(task_id)``; loss and accuracy are taken
 on ``mask``. All prompt and answer symbols become token ids here
-(``modular.data.vocab``).
+(``modular.data.vocab``). Classification tasks (WordNet) give classification
+batches instead: ``inputs``, ``token_type`` [B, L], ``label``, ``task_id`` [B]
+(``modular.data.classification``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import mixture
 from modular.data import sources as sources_lib
@@ -86,8 +89,10 @@ def padding_example(task_index: int, seq_len: int) -> dict[str, np.ndarray]:
 
 
 def _encode_record(record: dict[str, Any], task_index: int, task_name: str,
-                   seq_len: int, n_symbols: int, prompt_width: int = 0
-                   ) -> dict[str, np.ndarray]:
+                   seq_len: int, n_symbols: int, prompt_width: int = 0,
+                   classification: bool = False) -> dict[str, np.ndarray]:
+  if classification:
+    return classification_lib.encode_example(record, task_index, seq_len=seq_len)
   return encode_example(record["prompt"], record["answer"], task_index, seq_len=seq_len,
                         n_symbols=n_symbols, task_name=task_name, prompt_width=prompt_width)
 
@@ -156,7 +161,8 @@ def task_train_dataset(source: Any, task_index: int, task_name: str, cfg: Any, *
                      f"{shard_index} of {shard_count} empty")
   encode = functools.partial(_encode_record, task_index=task_index, task_name=task_name,
                              seq_len=cfg.seq_len, n_symbols=cfg.n_symbols,
-                             prompt_width=config_lib.prompt_width(cfg))
+                             prompt_width=config_lib.prompt_width(cfg),
+                             classification=classification_lib.is_classification(cfg))
   return EpochShuffleMapDataset(ds, seed=(cfg.seed, task_index)).map(encode)
 
 
@@ -203,7 +209,8 @@ def make_eval_batches(cfg: Any, batch_size: int) -> dict[str, list[dict[str, np.
   split is smaller). The last batch of a task is padded to ``batch_size`` with
   rows whose mask is all zero (``padding_example``), so every batch has the
   same shape and mask-weighted metrics are exact; a row with ``mask.sum() == 0``
-  is padding. Evaluation is not sharded: every process gets all batches.
+  (classification: ``label == -1``) is padding. Evaluation is not sharded: every
+  process gets all batches.
 
   Args:
     cfg: the data config.
@@ -213,16 +220,18 @@ def make_eval_batches(cfg: Any, batch_size: int) -> dict[str, list[dict[str, np.
     ``{task_name: [batch, ...]}`` in task-id order.
   """
   all_sources = sources_lib.build_task_sources(cfg)
+  classification = classification_lib.is_classification(cfg)
+  pad = classification_lib.padding_example if classification else padding_example
   out: dict[str, list[dict[str, np.ndarray]]] = {}
   for t, name in enumerate(config_lib.task_names(cfg)):
     source = all_sources[name]["test"]
     n = min(cfg.num_eval, len(source))
     rows = [_encode_record(source[i], t, name, cfg.seq_len, cfg.n_symbols,
-                           config_lib.prompt_width(cfg)) for i in range(n)]
+                           config_lib.prompt_width(cfg), classification) for i in range(n)]
     batches = []
     for start in range(0, n, batch_size):
       chunk = rows[start:start + batch_size]
-      chunk += [padding_example(t, cfg.seq_len)] * (batch_size - len(chunk))
+      chunk += [pad(t, cfg.seq_len)] * (batch_size - len(chunk))
       batches.append(mixture.collate(chunk))
     out[name] = batches
   return out

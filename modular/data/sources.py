@@ -7,7 +7,9 @@ examples takes well under a second) and returns, per task, ``{"train": source,
 (``MemoizedSource``). Every source has ``len`` and ``source[i]`` and yields
 ``{"prompt": int32 [P], "answer": int32 [A], "task": name}`` in symbol indices,
 whether the task is built in or comes from an external TFDS dataset (whose
-``eval_split`` is exposed as "test"). Nothing here imports TensorFlow.
+``eval_split`` is exposed as "test"); a WordNet task's source yields token ids,
+``{"inputs", "token_type", "label", ...}`` (``modular.data.classification``).
+Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 from typing import Any, Iterator
 
 import tensorflow_datasets as tfds
 
+from modular import filelock
+from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import external as external_lib
 from modular.data.builders.algorithmic import AlgorithmicTasks
@@ -88,7 +93,8 @@ def builtin_builder(cfg: Any, task: str) -> AlgorithmicTasks:
     An ``AlgorithmicTasks`` builder whose config name encodes the parameters.
   """
   config = make_config(task, n_symbols=cfg.n_symbols, min_len=cfg.min_len,
-                       max_len=cfg.max_len, num_train=cfg.num_train,
+                       max_len=cfg.max_len,
+                       num_train=config_lib.builtin_num_train(cfg)[task],
                        num_test=cfg.num_eval, seed=cfg.data_seed)
   return AlgorithmicTasks(config=config, data_dir=config_lib.data_dir(cfg),
                           file_format="array_record")
@@ -102,10 +108,18 @@ def external_builder(cfg: Any, task: external_lib.ExternalTask) -> tfds.core.Dat
                       file_format="array_record")
 
 
-def _prepare(make_builder: Any, *args: Any) -> dict[str, Source]:
-  """Creates a builder, prepares its data if missing, opens its splits."""
-  with _quiet_tfds():
-    builder = make_builder(*args)
+def _prepare(make_builder: Any, cfg: Any, *args: Any) -> dict[str, Source]:
+  """Creates a builder, prepares its data if missing, opens its splits.
+
+  Preparation holds ``data_dir/.prepare.lock`` (``modular.filelock``): a second run on
+  the same fresh data dir waits, then finds the data prepared and reads the same files
+  (TFDS would otherwise race on renaming its ``incomplete`` folders). On object stores
+  there is no lock: prepare the data dir once before starting concurrent runs.
+  """
+  root = config_lib.data_dir(cfg)
+  lock = os.path.join(root, ".prepare.lock")
+  with filelock.locked(lock, f"data dir {root}"), _quiet_tfds():
+    builder = make_builder(cfg, *args)
     builder.download_and_prepare()
   return builder.as_data_source()
 
@@ -128,6 +142,9 @@ def build_task_sources(cfg: Any) -> dict[str, dict[str, Source]]:
     splits = _prepare(builtin_builder, cfg, name)
     out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   out.update(external_sources(cfg))
+  for name in classification_lib.wordnet_task_names(cfg):
+    splits = _prepare(classification_lib.builder, cfg, name, config_lib.data_dir(cfg))
+    out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
   return out
 
 
@@ -155,6 +172,6 @@ def train_sizes(cfg: Any) -> list[int]:
 
   Built-in sizes come from the config; external sizes need their sources.
   """
-  sizes = [cfg.num_train] * len(config_lib.builtin_task_names(cfg))
+  sizes = list(config_lib.builtin_num_train(cfg).values())
   sizes += [len(splits["train"]) for splits in external_sources(cfg).values()]
-  return sizes
+  return sizes + classification_lib.train_sizes(cfg)

@@ -80,6 +80,11 @@ TASKS: Registry[Task] = Registry("task")
 DEFAULT_TASKS = ("copy", "reverse", "sort", "duplicate", "mod_add", "parity",
                  "assoc_recall", "induction")
 
+# Sub-skill families shared by design: the analysis tests whether a model's
+# similarities are higher within a family than across (``analysis.groups``).
+TASK_FAMILIES = {"copy": ("copy", "reverse", "duplicate"),
+                 "recall": ("assoc_recall", "induction")}
+
 
 def _task(name: str,
           max_lengths: Callable[[TaskSpec], tuple[int, int]],

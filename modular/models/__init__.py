@@ -5,7 +5,9 @@ from __future__ import annotations
 import ml_collections
 from flax import nnx
 
+from modular.models import heads  # registers the "classify" head
 from modular.models.context import Context
+from modular.models.encoder import Encoder, EncoderBlock
 from modular.models.slots import ADAPTER, BLOCK, FFN, HEAD, SlotArgs, build_slot, param
 from modular.models.transformer import LayerNorm, StandardBlock, Transformer
 
@@ -31,18 +33,32 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.adapter_attn = ml_collections.ConfigDict({"name": "none"})
   c.adapter_ffn = ml_collections.ConfigDict({"name": "none"})
   c.head = ml_collections.ConfigDict({"name": "shared"})
+  # "decoder" (causal, pre-LN) or "encoder" (bidirectional BERT family, post-LN).
+  c.arch = "decoder"
+  c.layer_norm_eps = 1e-5  # the encoder's LayerNorms (BERT: 1e-12)
+  c.max_positions = -1  # the encoder's position table; -1: seq_len
+  c.type_vocab_size = 2  # the encoder's token-type (segment) embeddings
+  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT folder): its
+  # sizes replace the ones above and its weights are imported (modular.checkpoints).
+  c.pretrained = ""
   return c
 
 
-def build_model(cfg: ml_collections.ConfigDict, seed: int = 0) -> Transformer:
-  """Builds the transformer described by ``cfg`` (sizes must be filled in)."""
+ARCHS = {"decoder": Transformer, "encoder": Encoder}
+
+
+def build_model(cfg: ml_collections.ConfigDict, seed: int = 0) -> Transformer | Encoder:
+  """Builds the model ``cfg.arch`` describes (sizes must be filled in)."""
   for key in ("vocab_size", "seq_len", "num_tasks"):
     if cfg[key] <= 0:
       raise ValueError(f"model.{key} must be filled in from the data (got {cfg[key]})")
-  return Transformer(cfg, nnx.Rngs(params=seed))
+  arch = cfg.get("arch", "decoder")
+  if arch not in ARCHS:
+    raise ValueError(f"config.model.arch: unknown {arch!r}; known: {', '.join(ARCHS)}")
+  return ARCHS[arch](cfg, nnx.Rngs(params=seed))
 
 
 __all__ = [
-    "ADAPTER", "BLOCK", "FFN", "HEAD", "Context", "LayerNorm", "SlotArgs", "StandardBlock",
+    "ADAPTER", "ARCHS", "BLOCK", "FFN", "HEAD", "Context", "Encoder", "EncoderBlock", "LayerNorm", "SlotArgs", "StandardBlock",
     "Transformer", "build_model", "build_slot", "default_model_config", "param",
 ]

@@ -58,14 +58,26 @@ class CausalSelfAttention(nnx.Module):
     return jnp.einsum("blhk,hkd->bld", heads, self.wo[...])
 
   def _gate(self, heads: jax.Array, ctx: Context) -> jax.Array:
-    """o_h <- xi_h o_h + (1 - xi_h) m_h, with m_h the mean-ablation value (or 0)."""
-    gate = ctx.gate_for_layer(ctx.layer)  # [H] or [B, H] or None
-    if gate is None:
-      return heads
-    gate = gate.astype(heads.dtype)
-    gate = gate[..., None, :, None]  # [H] -> [1, H, 1]; [B, H] -> [B, 1, H, 1]
-    out = gate * heads
-    if ctx.head_means is not None:
-      mean = ctx.head_means[ctx.layer].astype(heads.dtype)  # [H, dh] or [L, H, dh]
-      out = out + (1.0 - gate) * mean
-    return out
+    return gate_heads(heads, ctx)
+
+
+def gate_heads(heads: jax.Array, ctx: Context) -> jax.Array:
+  """o_h <- xi_h o_h + (1 - xi_h) m_h, with m_h the mean-ablation value (or 0).
+
+  Args:
+    heads: per-head outputs [B, L, H, dh] of the block at ``ctx.layer``.
+    ctx: carries the gates [NL, H] or [B, NL, H] and the means [NL, H, dh] (or None).
+
+  Returns:
+    The gated heads [B, L, H, dh].
+  """
+  gate = ctx.gate_for_layer(ctx.layer)  # [H] or [B, H] or None
+  if gate is None:
+    return heads
+  gate = gate.astype(heads.dtype)
+  gate = gate[..., None, :, None]  # [H] -> [1, H, 1]; [B, H] -> [B, 1, H, 1]
+  out = gate * heads
+  if ctx.head_means is not None:
+    mean = ctx.head_means[ctx.layer].astype(heads.dtype)  # [H, dh] or [L, H, dh]
+    out = out + (1.0 - gate) * mean
+  return out

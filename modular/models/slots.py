@@ -69,12 +69,16 @@ class SlotArgs:
   model_cfg: Any = None
 
 
+# "gelu" is the tanh approximation; "gelu_exact" the erf form BERT checkpoints use.
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu,
+               "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False)}
+
+
 def activation_fn(name: str):
-  """Returns the FFN nonlinearity called ``name``."""
-  table = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
-  if name not in table:
-    raise ValueError(f"model.activation: unknown {name!r}; known: {sorted(table)}")
-  return table[name]
+  """Returns the FFN nonlinearity called ``name`` (a key of ``ACTIVATIONS``)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"model.activation: unknown {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
 
 
 def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],

@@ -1,24 +1,41 @@
 """Token-level top-k mixture-of-experts FFN (GShard / Switch), optionally task-aware.
 
 Each token picks its k best experts from a linear router; every expert has a buffer of
-C = capacity_factor * S * k / E slots per group of S tokens, and choices beyond it are
-dropped: the FFN returns 0 for them, so the block's residual connection carries the
-token through. The load-balance and router z losses enter the objective through
+C = ceil(capacity_factor * S * k / E) slots per group of S tokens, and choices beyond
+it are dropped: the FFN returns 0 for them, so the block's residual connection carries
+the token through. The load-balance and router z losses enter the objective through
 ``ctx.add_loss`` with their config weights. With ``task_gate`` the router also sees
 the task (Gupta et al. 2022): a task embedding added to the token ("add"), a task
 embedding concatenated to it ("concat"), or one router per task ("per_task").
+
+Real tokens only, and causal: ``ctx.token_mask`` [B, L] (from ``inputs != PAD``)
+marks the real tokens. Padding is never routed and never takes a slot, and the
+load-balance loss, z-loss and statistics (``expert_load``, ``task_expert_usage``,
+``routing_entropy``, ``dropped_fraction``) are means over real tokens. Slots are
+given by position (``routing.top_k_route``): a token's K choices are placed after
+all choices of the earlier tokens of its group, so whether a token is kept depends
+only on the tokens before it. Groups never span sequences (a group is one sequence,
+or ``group_size`` consecutive tokens of one, ``group_size`` dividing L), so another
+example of the batch cannot take a token's slot either: every position's output
+depends only on its own sequence up to that position, as the causal decoder needs.
+C is fixed by the configured group (``group_size``, else the model's ``seq_len``),
+not by the batch's length or its count of real tokens: the count of real tokens
+depends on later tokens, and a fixed C makes outputs independent of padding
+appended at the end.
 
 Expert parallelism: expert weights carry a leading ``expert`` logical axis (the mesh
 rules map it to the ``expert`` mesh axis) and the expert buffers [E, G, C, d] are
 constrained to that axis when a mesh with an ``expert`` axis is active, so XLA
 exchanges tokens with all-to-alls between the batch-sharded groups and the
-expert-sharded buffers.
+expert-sharded buffers. Groups lie inside sequences, so a data shard holds whole
+groups and the causal priority needs no communication beyond that all-to-all.
 
 Config (``model.ffn``, name "moe"):
   num_experts (8), top_k (2), expert_d_ff (0: d_ff // top_k, equal active parameters
   to the dense FFN), capacity_factor (1.25), eval_capacity_factor (0: same),
-  group_size (0: one group per sequence), dispatch ("scatter": index scatter/gather,
-  the faster on CPU in bench/modules.py; "einsum": GShard's one-hot masks), normalize_gates (True), load_balance_weight (0.01),
+  group_size (0: one group per sequence; else it must divide the sequence length),
+  dispatch ("scatter": index scatter/gather, the faster on CPU in bench/modules.py;
+  "einsum": GShard's one-hot masks), normalize_gates (True), load_balance_weight (0.01),
   z_loss_weight (0.001), task_gate ("none" | "add" | "concat" | "per_task"),
   task_embed_dim (16, for "concat").
 
@@ -86,6 +103,11 @@ class MoEFFN(nnx.Module):
     d, e = args.d_model, o.num_experts
     f = o.expert_d_ff or max(1, args.d_ff // o.top_k)
     self.expert_d_ff = f
+    if o.group_size < 0 or (o.group_size and args.seq_len % o.group_size):
+      raise ValueError(f"config.{where}.group_size: must divide the sequence length "
+                       f"seq_len={args.seq_len} (groups may not span sequences), "
+                       f"got {o.group_size}")
+    self.capacity_group = o.group_size or args.seq_len  # S that fixes C
     if o.task_gate == "per_task":
       self.router = param(rngs, (args.num_tasks, d, e), ("tasks", "embed", None), scale=d**-0.5)
     else:
@@ -125,9 +147,9 @@ class MoEFFN(nnx.Module):
 
   def _groups(self, b: int, length: int) -> tuple[int, int]:
     size = self.opts.group_size or length
-    if (b * length) % size:
+    if length % size:
       raise ValueError(f"config.model.ffn.group_size: {size} does not divide the "
-                       f"{b * length} tokens of the batch")
+                       f"batch's sequence length {length} (groups may not span sequences)")
     return b * length // size, size
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
@@ -137,13 +159,17 @@ class MoEFFN(nnx.Module):
     e = o.num_experts
     xg = x.reshape(g, s, d)  # [G, S, d]
     task = jnp.broadcast_to(ctx.task_id[:, None], (b, length)).reshape(g, s)
+    valid = None if ctx.token_mask is None else ctx.token_mask.astype(bool).reshape(g, s)
     logits = self.router_logits(xg, task)  # [G, S, E]
+    ctx.capture_activation("router_logits", logits.reshape(b, length, e))
     probs = jax.nn.softmax(logits, axis=-1)
     factor = o.capacity_factor
     if ctx.deterministic and o.eval_capacity_factor > 0:
       factor = o.eval_capacity_factor
-    capacity = routing.expert_capacity(s, e, o.top_k, factor)
-    route = routing.top_k_route(probs, o.top_k, capacity, o.normalize_gates)
+    # C from the configured group, clipped to this group's length (an expert never
+    # receives more than S tokens, so the clip changes no outcome).
+    capacity = min(routing.expert_capacity(self.capacity_group, e, o.top_k, factor), s)
+    route = routing.top_k_route(probs, o.top_k, capacity, o.normalize_gates, valid)
     if o.dispatch == "einsum":
       dispatch, combine = routing.dispatch_combine_masks(route, e, x.dtype)  # [G, S, E, C]
       expert_out = self.experts(jnp.einsum("gsec,gsd->egcd", dispatch, xg))
@@ -151,24 +177,27 @@ class MoEFFN(nnx.Module):
     else:
       expert_out = self.experts(routing.scatter_to_experts(xg, route, e))
       y = routing.gather_from_experts(expert_out, route)
-    self._losses_and_stats(logits, probs, route, task, ctx)
+    self._losses_and_stats(logits, probs, route, task, valid, ctx)
     return y.reshape(b, length, d)
 
-  def _losses_and_stats(self, logits, probs, route: routing.Route, task, ctx: Context):
+  def _losses_and_stats(self, logits, probs, route: routing.Route, task, valid,
+                        ctx: Context):
+    """Losses and statistics over the real tokens (``valid`` [G, S]; None: all)."""
     o = self.opts
     e = o.num_experts
     if o.load_balance_weight > 0:
-      ctx.add_loss("load_balance",
-                   o.load_balance_weight * routing.load_balance_loss(probs, route.expert))
+      ctx.add_loss("load_balance", o.load_balance_weight
+                   * routing.load_balance_loss(probs, route.expert, valid))
     if o.z_loss_weight > 0:
-      ctx.add_loss("router_z", o.z_loss_weight * routing.router_z_loss(logits))
+      ctx.add_loss("router_z", o.z_loss_weight * routing.router_z_loss(logits, valid))
     chosen = jax.nn.one_hot(route.expert, e, dtype=jnp.float32).sum(-2) / o.top_k  # [G,S,E]
-    flat = chosen.reshape(-1, e)
-    ctx.record("task_expert_usage", routing.usage_by_task(flat, task.reshape(-1),
-                                                          ctx.num_tasks))  # [T, E]
-    ctx.record("expert_load", flat.mean(0))  # [E]
-    ctx.record("routing_entropy", routing.entropy(probs).mean())
-    ctx.record("dropped_fraction", 1.0 - route.kept.astype(jnp.float32).mean())
+    flat_valid = None if valid is None else valid.reshape(-1)
+    ctx.record("task_expert_usage", routing.usage_by_task(
+        chosen.reshape(-1, e), task.reshape(-1), ctx.num_tasks, flat_valid))  # [T, E]
+    ctx.record("expert_load", routing.token_mean(chosen, valid))  # [E]
+    ctx.record("routing_entropy", routing.token_mean(routing.entropy(probs), valid))
+    dropped = 1.0 - route.kept.astype(jnp.float32).mean(-1)  # [G, S]
+    ctx.record("dropped_fraction", routing.token_mean(dropped, valid))  # of real choices
 
 
 @FFN.register("moe")

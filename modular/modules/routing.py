@@ -1,13 +1,14 @@
 """Routing primitives shared by the mixture-of-experts and skill modules.
 
-Top-k token routing with an expert capacity (GShard's position-by-cumsum trick), the
-two equivalent ways to move tokens to experts and back (a one-hot dispatch tensor
+Top-k token routing with an expert capacity (GShard's position-by-cumsum trick, in
+causal order: earlier tokens first, padding never takes a slot), the two equivalent ways to move tokens to experts and back (a one-hot dispatch tensor
 and an index scatter/gather), the load-balance and router z losses, the Gumbel
 relaxations used by task-level routers and skill allocations, and the statistics the
 analysis reads (usage per task, entropy).
 
 Shapes: G groups, S tokens per group, E experts, K choices per token, C capacity,
-T tasks, d width.
+T tasks, d width. ``valid`` [G, S] bool marks real (non-padding) tokens; routing,
+losses and statistics count only those (None: every token is real).
 
 References:
   Lepikhin et al. 2021, "GShard: Scaling Giant Models with Conditional Computation
@@ -61,19 +62,25 @@ class Route:
 
 
 def top_k_route(probs: jax.Array, top_k: int, capacity: int,
-                normalize: bool = True) -> Route:
+                normalize: bool = True, valid: jax.Array | None = None) -> Route:
   """Chooses k experts per token and a slot in each expert's buffer.
 
-  Priority follows GShard: every token's first choice is placed before any second
-  choice, and within a choice earlier tokens come first. A choice whose slot is at or
-  beyond the capacity is dropped (its gate becomes 0), so the token passes through
-  the block's residual connection unchanged for that expert.
+  Priority is by position (causal): token s gets its slots after every token before
+  it in the group has placed all of its K choices, so whether a token is kept depends
+  only on the tokens at positions <= s of its group, never on later tokens. (GShard
+  places all first choices before any second choice instead; then a later token's
+  first choice can evict an earlier token's second choice, and a causal decoder's
+  output at a position would depend on the future.) Padding tokens (``valid``
+  False) take no slot and are never routed. A choice whose slot is at or beyond the
+  capacity is dropped (its gate becomes 0), so the token passes through the block's
+  residual connection unchanged for that expert.
 
   Args:
     probs: [G, S, E] router probabilities.
     top_k: K.
     capacity: C, slots per expert and group.
     normalize: renormalize the K gates of a token to sum to 1 (before dropping).
+    valid: [G, S] bool, real tokens (None: all).
 
   Returns:
     The ``Route``.
@@ -83,11 +90,15 @@ def top_k_route(probs: jax.Array, top_k: int, capacity: int,
   if normalize and top_k > 1:
     gate = gate / jnp.maximum(gate.sum(-1, keepdims=True), _EPS)
   onehot = jax.nn.one_hot(expert, e, dtype=jnp.int32)  # [G, S, K, E]
-  # Choice-major order: all first choices, then all second choices, ...
-  flat = onehot.transpose(0, 2, 1, 3).reshape(g, top_k * s, e)  # [G, K*S, E]
-  before = jnp.cumsum(flat, axis=1) - flat  # tokens ahead in the same expert
-  position = (before * flat).sum(-1).reshape(g, top_k, s).transpose(0, 2, 1)  # [G, S, K]
+  if valid is not None:
+    onehot = onehot * valid[:, :, None, None].astype(jnp.int32)  # padding: no slot
+  # Token-major order: token 0's K choices, then token 1's, ... (causal priority).
+  flat = onehot.reshape(g, s * top_k, e)  # [G, S*K, E]
+  before = jnp.cumsum(flat, axis=1) - flat  # choices ahead in the same expert
+  position = (before * flat).sum(-1).reshape(g, s, top_k)  # [G, S, K]
   kept = position < capacity
+  if valid is not None:
+    kept = kept & valid[:, :, None]
   gate = jnp.where(kept, gate, 0.0)
   return Route(expert=expert, gate=gate, position=position, kept=kept, capacity=capacity)
 
@@ -143,25 +154,36 @@ def gather_from_experts(y: jax.Array, route: Route) -> jax.Array:
   return jnp.einsum("gskd,gsk->gsd", picked, route.gate.astype(y.dtype))
 
 
-def load_balance_loss(probs: jax.Array, expert: jax.Array) -> jax.Array:
-  """E * sum_e f_e * P_e (Switch Transformers, counted over all K choices).
+def token_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
+  """Mean over the real tokens: [G, S, ...], [G, S] -> [...] (0 if there are none)."""
+  x = x.astype(jnp.float32)
+  if valid is None:
+    return x.mean((0, 1))
+  w = valid.astype(jnp.float32).reshape(valid.shape + (1,) * (x.ndim - 2))
+  return (x * w).sum((0, 1)) / jnp.maximum(valid.sum(), 1).astype(jnp.float32)
+
+
+def load_balance_loss(probs: jax.Array, expert: jax.Array,
+                      valid: jax.Array | None = None) -> jax.Array:
+  """E * sum_e f_e * P_e over the real tokens (Switch Transformers, all K choices).
 
   Args:
     probs: [G, S, E] router probabilities.
     expert: [G, S, K] chosen experts (before capacity dropping).
+    valid: [G, S] bool, real tokens (None: all).
 
   Returns:
     Scalar; 1.0 under perfectly uniform routing.
   """
   e = probs.shape[-1]
-  f = jax.nn.one_hot(expert, e, dtype=jnp.float32).sum(-2).mean((0, 1)) / expert.shape[-1]
-  p = probs.astype(jnp.float32).mean((0, 1))
+  f = token_mean(jax.nn.one_hot(expert, e, dtype=jnp.float32).sum(-2), valid) / expert.shape[-1]
+  p = token_mean(probs, valid)
   return e * jnp.sum(f * p)
 
 
-def router_z_loss(logits: jax.Array) -> jax.Array:
-  """mean(logsumexp(logits)^2) over tokens (ST-MoE)."""
-  return jnp.mean(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1) ** 2)
+def router_z_loss(logits: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """mean(logsumexp(logits)^2) over the real tokens (ST-MoE): [G, S, E] -> []."""
+  return token_mean(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1) ** 2, valid)
 
 
 def entropy(p: jax.Array, axis: int = -1) -> jax.Array:
@@ -193,14 +215,18 @@ def straight_through(hard: jax.Array, soft: jax.Array) -> jax.Array:
   return hard + soft - jax.lax.stop_gradient(soft)
 
 
-def usage_by_task(assign: jax.Array, task_id: jax.Array, num_tasks: int) -> jax.Array:
+def usage_by_task(assign: jax.Array, task_id: jax.Array, num_tasks: int,
+                  valid: jax.Array | None = None) -> jax.Array:
   """Mean assignment of each task's rows: [N, E], [N] -> [T, E] (absent tasks: 0).
 
   Args:
     assign: [N, E] per-row weights over experts or skills (one-hot or soft).
     task_id: [N] task of each row.
     num_tasks: T.
+    valid: [N] bool, rows to count (None: all).
   """
   onehot = jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32)  # [N, T]
+  if valid is not None:
+    onehot = onehot * valid[:, None].astype(jnp.float32)
   total = onehot.T @ assign.astype(jnp.float32)  # [T, E]
   return total / jnp.maximum(onehot.sum(0)[:, None], 1.0)

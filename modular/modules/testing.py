@@ -85,7 +85,7 @@ def batch(num_tasks: int, batch_size: int = 6, seq_len: int = 8, vocab_size: int
 
 def call(module: nnx.Module, x: jax.Array, task_id, num_tasks: int, *,
          rng: jax.Array | None = None, layer: int = 0, position: str = "ffn",
-         params=None) -> tuple[jax.Array, dict, dict]:
+         params=None, token_mask=None) -> tuple[jax.Array, dict, dict]:
   """Runs ``module(x, ctx)`` under jit (eager op-by-op dispatch is slow on CPU).
 
   Args:
@@ -96,18 +96,20 @@ def call(module: nnx.Module, x: jax.Array, task_id, num_tasks: int, *,
     rng: PRNG key for training mode (None: deterministic).
     layer, position: where the context says the module sits.
     params: parameters to use instead of the module's own (an ``nnx.State``).
+    token_mask: [B, L] bool real tokens (None: all real).
 
   Returns:
     (output, ctx.losses, ctx.stats).
   """
   graphdef, own = nnx.split(module, nnx.Param)
   return _jit_call(graphdef, own if params is None else params, x,
-                   jnp.asarray(task_id, jnp.int32), rng, num_tasks, layer, position)
+                   jnp.asarray(task_id, jnp.int32), rng, num_tasks, layer, position,
+                   None if token_mask is None else jnp.asarray(token_mask, bool))
 
 
 @jax.jit(static_argnums=(0, 5, 6, 7))
-def _jit_call(graphdef, params, x, task_id, rng, num_tasks, layer, position):
+def _jit_call(graphdef, params, x, task_id, rng, num_tasks, layer, position, token_mask):
   ctx = Context(task_id=task_id, num_tasks=num_tasks, deterministic=rng is None, rng=rng,
-                layer=layer, position=position)
+                layer=layer, position=position, token_mask=token_mask)
   y = nnx.merge(graphdef, params)(x, ctx)
   return y, dict(ctx.losses), dict(ctx.stats)

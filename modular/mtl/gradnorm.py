@@ -13,6 +13,14 @@ then the present tasks' weights are renormalised to keep their sum (so that
 uses the weights before this step: ``d = sum_t w_t g_t``. ``L_t(0)`` is the loss of
 task ``t`` the first time it is present.
 
+Bounds: every weight stays in ``[MIN_WEIGHT, T]`` and the weights keep summing to
+``T``. The renormalisation is affine about ``MIN_WEIGHT`` (``w <- m + (w - m) k`` with
+``k`` restoring the present tasks' sum), so it keeps the floor without pushing weights
+below it. ``r_t`` is clipped to ``[0, MAX_RATIO]`` (``0 / 0 = 1``, ``x / 0 =
+MAX_RATIO``); a task whose loss or gradient norm is not finite sits out the update of
+the weights (its own weight is kept), so losses of 1e30, exact zeros and long
+absences keep every weight finite.
+
 The paper measures ``n_t`` on the last shared layer to save compute; here ``n_t`` is
 over all shared parameters (as LibMTL does), which the Gram matrix gives for free.
 Plain SGD on ``w``; the paper uses the network's optimizer.
@@ -32,7 +40,8 @@ import optax
 
 from modular.mtl.method import METHODS, Method
 
-_MIN_WEIGHT = 1e-6
+MIN_WEIGHT = 1e-6   # floor of every weight
+MAX_RATIO = 100.0   # largest L_t / L_t(0)
 
 
 class GradNormState(NamedTuple):
@@ -57,21 +66,31 @@ def gradnorm_step(state: GradNormState, norms: jax.Array, losses: jax.Array,
   Returns:
     ``(new_state, stats)`` with stats ``gradnorm_loss`` [] and ``targets`` [T].
   """
-  p = present > 0
-  n_present = jnp.maximum(jnp.sum(p), 1)
   losses = jnp.asarray(losses, jnp.float32)
+  norms = jnp.asarray(norms, jnp.float32)
+  p = (present > 0) & jnp.isfinite(losses) & jnp.isfinite(norms)
+  losses, norms = jnp.where(p, losses, 0.0), jnp.where(p, norms, 0.0)
+  n_present = jnp.maximum(jnp.sum(p), 1)
   initial = jnp.where(state.seen, state.initial_losses, losses)
-  ratio = jnp.where(p, losses / jnp.where(initial != 0, initial, 1.0), 0.0)
-  rel_rate = ratio / jnp.where(jnp.sum(ratio) > 0, jnp.sum(ratio) / n_present, 1.0)
+  safe = jnp.where(initial > 0, initial, 1.0)
+  ratio = jnp.where(initial > 0, losses / safe, jnp.where(losses > 0, MAX_RATIO, 1.0))
+  ratio = jnp.where(p, jnp.clip(ratio, 0.0, MAX_RATIO), 0.0)
+  mean_ratio = jnp.sum(ratio) / n_present
+  rel_rate = ratio / jnp.where(mean_ratio > 0, mean_ratio, 1.0)    # in [0, T]
   g_w = state.weights * norms                                      # [T]
   g_bar = jnp.sum(jnp.where(p, g_w, 0.0)) / n_present
   target = g_bar * rel_rate ** alpha                               # held constant
   grad = jnp.where(p, jnp.sign(g_w - target) * norms, 0.0)
-  stepped = jnp.maximum(state.weights - lr * grad, _MIN_WEIGHT)
-  total_before = jnp.sum(jnp.where(p, state.weights, 0.0))
-  total_after = jnp.sum(jnp.where(p, stepped, 0.0))
-  new_w = jnp.where(p, stepped * total_before / jnp.where(total_after > 0, total_after, 1.0),
-                    state.weights)
+  stepped = jnp.maximum(state.weights - lr * grad, MIN_WEIGHT)
+  # Affine renormalisation about the floor: the present weights keep their sum.
+  n = jnp.sum(p)
+  room_before = jnp.maximum(jnp.sum(jnp.where(p, state.weights, 0.0)) - n * MIN_WEIGHT, 0.0)
+  room_after = jnp.sum(jnp.where(p, stepped - MIN_WEIGHT, 0.0))
+  scale = room_before / jnp.where(room_after > 0, room_after, 1.0)
+  renormed = jnp.where(room_after > 0, MIN_WEIGHT + (stepped - MIN_WEIGHT) * scale,
+                       MIN_WEIGHT + room_before / jnp.maximum(n, 1))
+  t = state.weights.shape[0]
+  new_w = jnp.where(p, jnp.clip(renormed, MIN_WEIGHT, t), state.weights)
   new = GradNormState(new_w, initial, state.seen | p)
   stats = {"gradnorm_loss": jnp.sum(jnp.where(p, jnp.abs(g_w - target), 0.0)),
            "targets": jnp.where(p, target, 0.0)}
@@ -107,6 +126,9 @@ class GradNorm(Method):
     norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
     new, stats = gradnorm_step(state, norms, losses, present, self.alpha, self.lr)
     return jnp.diag(jnp.where(present > 0, state.weights, 0.0)), new, stats
+
+  def weight_bounds(self, num_tasks):
+    return MIN_WEIGHT, float(num_tasks)
 
 
 def gradnorm(num_tasks: int, alpha: float = 1.5, lr: float = 0.025,

@@ -148,6 +148,15 @@ class Method:
     del state
     return jnp.zeros((), jnp.float32)
 
+  def weight_bounds(self, num_tasks: int) -> tuple[float, float]:
+    """The documented range ``[low, high]`` of a present task's weight.
+
+    Methods with learned weights override it and keep their weights inside it under
+    any losses (``tests/test_mtl_edge_cases.py``); the default only promises finite.
+    """
+    del num_tasks
+    return -float("inf"), float("inf")
+
   # -- optax form ----------------------------------------------------------------
   def as_optax(self) -> optax.GradientTransformationExtraArgs:
     """This method as an optax transform over ``[T, ...]`` gradients."""

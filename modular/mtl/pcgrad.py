@@ -70,9 +70,12 @@ def pcgrad_coefficients(gram: jax.Array, present: jax.Array,
 
   Returns:
     ``(C, num_projections)``: ``C`` ``[T, T]`` with ``g_i^PC = sum_k C[i, k] g_k``,
-    and the number of projections made (int32 scalar).
+    and the number of projections made (int32 scalar). With one task there is
+    nothing to project onto: ``C = [[1]]``, the plain gradient.
   """
   num_tasks = gram.shape[0]
+  if num_tasks < 2:  # orders is [1, 0]: the loop below would index an empty axis
+    return jnp.eye(num_tasks, dtype=gram.dtype), jnp.zeros((), jnp.int32)
   rows = jnp.arange(num_tasks)
 
   def visit(s, carry):

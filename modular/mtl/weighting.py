@@ -7,14 +7,21 @@ advance the method's state. Weights of absent tasks are 0.
 * ``mean``: ``w_t = 1 / #present`` (the default; ``equal`` is an alias).
 * ``uncertainty``: learned log-variances ``s_t``, objective
   ``sum_t exp(-s_t) L_t + s_t``; ``w_t = exp(-s_t)``. ``observe`` takes one SGD step
-  on ``s`` with the gradient ``1 - exp(-s_t) L_t`` (present tasks only). ``extra_loss``
-  returns ``sum_t s_t``, constant in the parameters (it only completes the reported
-  objective).
+  on ``s`` with the gradient ``1 - exp(-s_t) L_t`` (present tasks with a finite loss
+  only). ``extra_loss`` returns ``sum_t s_t``, constant in the parameters (it only
+  completes the reported objective). Bounds: ``s_t`` is clipped to
+  ``[LOG_VAR_MIN, LOG_VAR_MAX] = [-5, 5]``, so ``w_t`` stays in ``[e^-5, e^5]``
+  ``~ [0.0067, 148]``: the optimum ``s_t = log L_t`` is -inf for a solved task
+  (``L_t = 0``), and without the clip ``w_t`` overflows (inf after ~8900 steps at
+  lr 0.01) and the objective becomes NaN.
 * ``dwa``: ``w_t = T' softmax_t(r_t / temperature)`` over the ``T'`` present tasks,
   ``r_t = L_t(k-1) / L_t(k-2)`` from the last two observations of task ``t``
   (``r_t = 1`` until a task has two). The paper uses epoch-average losses; call
   ``observe`` with averaged losses at the period you want. Weights sum to ``T'``, as
   in the paper, so the update is ``T'`` times the ``mean`` one at equal weights.
+  Bounds: ``r_t`` is clipped to ``[0, MAX_RATIO] = [0, 100]`` with ``0 / 0 = 1`` and
+  ``x / 0 = MAX_RATIO``; a non-finite loss is not recorded (as if absent); so every
+  present weight is in ``[0, T']``.
 
 References:
   Kendall et al. 2018, "Multi-Task Learning Using Uncertainty to Weigh Losses for
@@ -31,6 +38,9 @@ import jax.numpy as jnp
 import optax
 
 from modular.mtl.method import METHODS, Weighting
+
+LOG_VAR_MIN, LOG_VAR_MAX = -5.0, 5.0  # uncertainty: s_t range, w_t in [e^-5, e^5]
+MAX_RATIO = 100.0                      # DWA: largest loss ratio L(k-1) / L(k-2)
 
 
 def _present_mask(present: jax.Array) -> jax.Array:
@@ -77,16 +87,24 @@ class Uncertainty(Weighting):
 
   def init(self, params):
     del params
-    return UncertaintyState(jnp.full((self._require_num_tasks(),), self.init_value, jnp.float32))
+    s0 = min(max(self.init_value, LOG_VAR_MIN), LOG_VAR_MAX)
+    return UncertaintyState(jnp.full((self._require_num_tasks(),), s0, jnp.float32))
 
   def loss_weights(self, state, present):
     return jnp.where(_present_mask(present), jnp.exp(-state.log_var), 0.0)
 
   def observe(self, state, losses, present):
     weights = self.loss_weights(state, present)
-    grad = jnp.where(_present_mask(present), 1.0 - jnp.exp(-state.log_var) * losses, 0.0)
-    new = UncertaintyState(state.log_var - self.lr * grad)
+    losses = jnp.asarray(losses, jnp.float32)
+    ok = _present_mask(present) & jnp.isfinite(losses)
+    # exp(-s) <= e^5, so the product is finite or +-inf, never NaN; the clip absorbs inf.
+    grad = jnp.where(ok, 1.0 - jnp.exp(-state.log_var) * jnp.where(ok, losses, 0.0), 0.0)
+    new = UncertaintyState(jnp.clip(state.log_var - self.lr * grad, LOG_VAR_MIN, LOG_VAR_MAX))
     return new, {"weights": weights, "log_var": new.log_var}
+
+  def weight_bounds(self, num_tasks):
+    del num_tasks
+    return float(jnp.exp(-LOG_VAR_MAX)), float(jnp.exp(-LOG_VAR_MIN))
 
   def extra_loss(self, state):
     return jnp.sum(state.log_var)
@@ -123,19 +141,24 @@ class DWA(Weighting):
 
   def loss_weights(self, state, present):
     p = _present_mask(present)
-    ratio = jnp.where(state.count >= 2, state.last / jnp.where(state.before != 0, state.before, 1.0),
-                      1.0)
-    logits = jnp.where(p, ratio / self.temperature, -jnp.inf)
+    safe = jnp.where(state.before > 0, state.before, 1.0)
+    ratio = jnp.where(state.before > 0, state.last / safe,
+                      jnp.where(state.last > 0, MAX_RATIO, 1.0))  # x / 0, 0 / 0
+    ratio = jnp.where(state.count >= 2, jnp.clip(ratio, 0.0, MAX_RATIO), 1.0)
+    logits = jnp.where(p, ratio / self.temperature, -1e30)  # finite: no NaN if none present
     return jnp.where(p, jnp.sum(p) * jax.nn.softmax(logits), 0.0)
 
   def observe(self, state, losses, present):
-    p = _present_mask(present)
     weights = self.loss_weights(state, present)
     losses = jnp.asarray(losses, jnp.float32)
+    p = _present_mask(present) & jnp.isfinite(losses)  # a non-finite loss is not recorded
     new = DWAState(last=jnp.where(p, losses, state.last),
                    before=jnp.where(p, state.last, state.before),
                    count=state.count + p.astype(jnp.int32))
     return new, {"weights": weights}
+
+  def weight_bounds(self, num_tasks):
+    return 0.0, float(num_tasks)
 
 
 def mean() -> optax.GradientTransformationExtraArgs:

@@ -3,13 +3,18 @@
 Layout of a run's workdir:
   config.json        the full config of the run
   checkpoints/<step>/state   params, opt_state, mtl_state, step, rng (sharded arrays)
-  checkpoints/<step>/data    the data iterator's state (JSON)
+  checkpoints/<step>/data    the data iterator's state: one JSON per process,
+                             process_<i>-of-<n>.json (grain's orbax handler); every
+                             host resumes from its own positions
   checkpoints/<step>/meta    the step, the task names, the last routing statistics (JSON)
 
 Saving is asynchronous and keeps the last N steps; orbax writes each step to a
 temporary folder and renames it when complete, so a run killed mid-save leaves the
-earlier checkpoints intact. A checkpoint that fails to restore raises
-``CheckpointError`` naming the step folder; nothing on disk is deleted.
+earlier checkpoints intact. A checkpoint that fails to restore, or whose parameters
+are not finite, raises ``CheckpointError`` naming the step folder; nothing on disk is
+deleted. The loop never saves a non-finite state, so rotation never removes the last
+finite checkpoint. Checkpoints written before per-process data state (one ``data``
+JSON for all hosts) still restore.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ import json
 import os
 from typing import Any
 
+import grain.checkpoint as grain_ckpt
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -34,12 +42,17 @@ class Checkpointer:
     workdir: the run folder.
     keep: how many recent checkpoints to keep.
     async_save: save in a background thread.
+    keep_steps: steps never deleted (step 0: the untrained control for analysis).
   """
 
-  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
+               keep_steps: tuple[int, ...] = ()):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(keep),
+        ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -49,10 +62,18 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_state: Any, meta: dict) -> None:
-    """Starts saving ``state`` (arrays), ``data_state`` and ``meta`` (JSON) at ``step``."""
+    """Starts saving ``state`` (arrays), ``data_state`` and ``meta`` (JSON) at ``step``.
+
+    Args:
+      step: the step.
+      state: the training state (must be finite: the loop checks before saving).
+      data_state: this process's data-iterator state (``iterator.get_state()``), saved
+        by every process to ``data/process_<i>-of-<n>.json``.
+      meta: JSON metadata (written by the primary process).
+    """
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave(data_state),
+        data=grain_ckpt.CheckpointSave(_StateSnapshot(data_state)),
         meta=ocp.args.JsonSave(meta)))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
@@ -71,8 +92,8 @@ class Checkpointer:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore(),
           meta=ocp.args.JsonRestore()))
+      data_state = read_data_state(os.path.join(path, "data"))
     except Exception as e:  # orbax raises many kinds; report them in one place.
       raise CheckpointError(
           f"checkpoint {path} could not be restored ({type(e).__name__}: {e}). "
@@ -80,7 +101,11 @@ class Checkpointer:
           "deleted: move that folder aside to resume from an earlier step, or use a new "
           "workdir.") from e
     _check_shapes(out.state, abstract_state, path)
-    return out.state, out.data, dict(out.meta)
+    if not _finite(out.state["params"]):
+      raise CheckpointError(
+          f"checkpoint {path} holds non-finite parameters (NaN or inf): it is damaged. "
+          "Nothing was deleted: move that folder aside to resume from an earlier step.")
+    return out.state, data_state, dict(out.meta)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -88,6 +113,45 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class _StateSnapshot:
+  """The data state at save time, for grain's handler (which calls ``get_state()``).
+
+  The iterator itself moves on while an asynchronous save runs; a snapshot does not.
+  """
+
+  def __init__(self, state: Any):
+    self._text = json.dumps(state, indent=1)
+
+  def get_state(self) -> bytes:
+    return self._text.encode()
+
+
+def read_data_state(data_dir: str) -> Any:
+  """This process's data-iterator state from a checkpoint's ``data`` folder.
+
+  Reads ``process_<i>-of-<n>.json`` (grain's layout); a checkpoint written before
+  per-process state holds one JSON for all processes, read as a fallback.
+
+  Raises:
+    FileNotFoundError: when neither exists (e.g. a resume on a different process count).
+  """
+  folder = epath.Path(data_dir)
+  index, count = jax.process_index(), jax.process_count()
+  own = folder / f"process_{index}-of-{count}.json"
+  if own.exists():
+    return json.loads(own.read_text())
+  legacy = folder / "metadata"  # orbax's JsonSave layout, one file for all processes
+  if legacy.exists() and not list(folder.glob("process_*.json")):
+    return json.loads(legacy.read_text())
+  raise FileNotFoundError(f"{own} not found (saved by another number of processes?)")
+
+
+def _finite(tree: Any) -> bool:
+  """True when every float leaf is finite (one reduction per leaf, one fetch)."""
+  from modular.train.step import all_finite
+  return bool(jax.jit(all_finite)(tree))
 
 
 def _check_shapes(state: Any, abstract: Any, path: str) -> None:
@@ -146,9 +210,15 @@ def load_for_analysis(workdir: str, step: int | None = None):
   config_lib.fill_derived(cfg)
   fm, params, _ = FunctionalModel.split(models_lib.build_model(cfg.model, cfg.train.seed))
   ckpt = Checkpointer(workdir, keep=cfg.train.keep_checkpoints, async_save=False)
+  saved = ckpt.all_steps()
   step = ckpt.latest_step() if step is None else step
   if step is None:
+    ckpt.close()
     raise CheckpointError(f"no checkpoint found in {ckpt.directory}")
+  if step not in saved:
+    ckpt.close()
+    raise CheckpointError(f"--step {step}: that step was not saved in {ckpt.directory}; "
+                          f"saved steps: {sorted(saved)}")
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                           params)

@@ -13,7 +13,6 @@ back-to-back sharded steps can deadlock in CPU collectives on few cores).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable
@@ -25,18 +24,22 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from modular import checkpoints
 from modular import config as config_lib
+from modular import filelock
 from modular import data as data_lib
 from modular import models as models_lib
 from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel
 from modular.train import checkpoint as ckpt_lib
+from modular.train import logs as log_lib
+from modular.train import resume as resume_lib
 from modular.train import sharding as sharding_lib
 from modular.train.batches import to_global, validate_batch
 from modular.train.metrics import MetricsWriter
 from modular.train.optimizer import make_optimizer
 from modular.train.partition import Partition
-from modular.train.step import init_state, make_eval_step, make_train_step
+from modular.train.step import init_state, make_eval_step, make_train_step, with_nonfinite_guard
 from modular.train.warm_start import warm_start
 
 
@@ -80,6 +83,7 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   mesh = sharding_lib.make_mesh(cfg, devices)
   model = models_lib.build_model(cfg.model, seed=cfg.train.seed)
   fm, params, axes = FunctionalModel.split(model)
+  params = checkpoints.prepare_run(cfg, params)  # model.pretrained's weights, frozen set
   part = Partition.from_patterns(cfg.optim.frozen, params)
   tx, schedule = make_optimizer(cfg.optim, part.trainable(params), cfg.train.steps)
   method = mtl_lib.build(cfg.mtl, params)
@@ -97,7 +101,9 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   seed = cfg.train.seed
   init = jax.jit(lambda: init_state(params, tx, method, seed, part), out_shardings=state_sh)
   batch_sh = sharding_lib.batch_sharding(cfg, mesh)
-  train_step = jax.jit(make_train_step(fm, tx, method, schedule, param_sh, part),
+  step_fn = with_nonfinite_guard(make_train_step(fm, tx, method, schedule, param_sh, part),
+                                 skip=cfg.train.on_nonfinite == "skip")
+  train_step = jax.jit(step_fn,
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(fm), in_shardings=(param_sh, batch_sh),
@@ -117,9 +123,12 @@ def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]
 def evaluate(run: Run, params: Any, eval_batches: dict[str, list[dict]]) -> dict[str, np.ndarray]:
   """Sums the per-task evaluation counts over all held-out batches."""
   total = None
+  n, i = jax.process_count(), jax.process_index()
   for batches in eval_batches.values():
-    for b in batches:
-      sums = run.eval_step(params, global_batch(run, b))
+    for b in batches:  # every process builds the same global batch and feeds its slice
+      size = len(b["task_id"]) // n
+      local = {k: v[i * size:(i + 1) * size] for k, v in b.items()} if n > 1 else b
+      sums = run.eval_step(params, global_batch(run, local))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   return jax.device_get(total)
 
@@ -130,9 +139,57 @@ def _blocking(cfg: ml_collections.ConfigDict) -> bool:
   return bool(cfg.train.block_every_step)
 
 
+class NonfiniteError(RuntimeError):
+  """A step went non-finite (``train.on_nonfinite``); nothing non-finite was saved."""
+
+
+class NonfiniteWatch:
+  """Reads the steps' ``nonfinite`` flags on the host, a window at a time.
+
+  Args:
+    action: ``train.on_nonfinite``: "halt" raises at the first flagged step; "skip"
+      counts (the step already dropped the update) and raises after ``max_skips``
+      flagged steps in a row.
+    max_skips: ``train.max_consecutive_skips``.
+    workdir: the run folder, for the message.
+  """
+
+  def __init__(self, action: str, max_skips: int, workdir: str):
+    self.action, self.max_skips, self.workdir = action, max_skips, workdir
+    self.skipped = 0
+    self.in_a_row = 0
+    self.last_saved: int | None = None
+
+  def observe(self, steps: list[int], flags: list[Any]) -> None:
+    """Checks the flags of ``steps``; raises ``NonfiniteError`` naming the step."""
+    for step, flag in zip(steps, flags):
+      if not int(flag):
+        self.in_a_row = 0
+        continue
+      kept = (f"the newest checkpoint (step {self.last_saved}) is untouched"
+              if self.last_saved is not None else "no checkpoint was written")
+      if self.action == "halt":
+        raise NonfiniteError(
+            f"step {step}: non-finite loss, gradient norm or parameters in {self.workdir} "
+            f"(train.on_nonfinite=halt); nothing after it was saved and {kept}. Lower "
+            "optim.learning_rate, or set train.on_nonfinite=skip to drop such updates")
+      self.skipped += 1
+      self.in_a_row += 1
+      if self.in_a_row >= self.max_skips:
+        raise NonfiniteError(
+            f"step {step}: {self.in_a_row} non-finite steps in a row in {self.workdir} "
+            f"(train.max_consecutive_skips={self.max_skips}); their updates were dropped "
+            f"and {kept}")
+
+
 def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None = None,
-          devices=None) -> dict[str, Any]:
+          devices=None, on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run described by ``cfg`` in ``workdir``.
+
+  Before anything in ``workdir`` changes, the resume is checked: the workdir lock is
+  taken (process 0; ``filelock.LockHeldError`` if another trainer holds it), the saved
+  config is compared with ``cfg`` (``resume.check_same_run``) and the newest checkpoint
+  is restored (``CheckpointError`` if damaged). Only then is ``config.json`` written.
 
   Args:
     cfg: the full config (``modular.config.get_base_config`` plus changes).
@@ -140,19 +197,42 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     stop_at: stop after this step (as if interrupted) after checkpointing it;
       the run resumes from there when called again. None: train to the end.
     devices: the devices of the mesh (default: all).
+    on_eval: called as ``on_eval(step, {metric: {task: value}})`` after each
+      evaluation, on every process (a sweep engine reports trial progress with it).
 
   Returns:
-    A summary: final per-task evaluation, steps, steps/s, compile time.
+    A summary: final per-task evaluation, steps, steps/s, compile time. A finished
+    run launched again trains nothing and returns (and keeps) its final evaluation.
+
+  Raises:
+    ValueError: a config that is not the run saved in ``workdir``.
+    NonfiniteError: a non-finite step (``train.on_nonfinite``).
   """
   cfg = ml_collections.ConfigDict(cfg.to_dict())  # never mutate the caller's config
   run = setup(cfg, devices)
+  lock = None
+  if jax.process_index() == 0 and filelock.is_local(workdir):
+    os.makedirs(workdir, exist_ok=True)
+    lock = filelock.FileLock(os.path.join(workdir, ".lock"), f"workdir {workdir}")
+    lock.acquire(blocking=False)
+  try:
+    return _train(run, workdir, stop_at, on_eval)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(run: Run, workdir: str, stop_at: int | None,
+           on_eval: Callable[[int, dict], None] | None) -> dict[str, Any]:
   cfg = run.cfg
   lead = jax.process_index() == 0
-  if lead:
-    ckpt_lib.save_config(workdir, cfg)
+  config_path = os.path.join(workdir, "config.json")
+  if os.path.exists(config_path):
+    resume_lib.check_same_run(ckpt_lib.load_config(workdir), cfg, workdir)
   tasks = data_lib.task_names(cfg.data)
   checkpointer = ckpt_lib.Checkpointer(workdir, cfg.train.keep_checkpoints,
-                                       cfg.train.async_checkpoint)
+                                       cfg.train.async_checkpoint,
+                                       (0,) if cfg.train.keep_step0 else ())
   n_proc = jax.process_count()
   iterator = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size // n_proc,
                                           shard_index=jax.process_index(), shard_count=n_proc)
@@ -164,41 +244,64 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     start, state = 0, run.init()
     if cfg.train.init_from:
       state = warm_start(run, state, cfg.train.init_from)
+  if lead:  # the resume is checked: from here on the workdir may change
+    ckpt_lib.save_config(workdir, cfg)
+    log_lib.truncate_after(workdir, start)
+  if start == 0 and cfg.train.keep_step0 and 0 not in checkpointer.all_steps():
+    # the untrained control of modular-analyze
+    checkpointer.save(0, state, iterator.get_state(), {"step": 0, "tasks": tasks})
   eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
   writer = MetricsWriter(workdir, tasks, enabled=lead)
+  log_lib.prime(writer, workdir, start)
+  watch = NonfiniteWatch(cfg.train.on_nonfinite, cfg.train.max_consecutive_skips, workdir)
+  watch.last_saved = start if start else None
   block = _blocking(cfg)
-  end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
+  end = max(start, cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps))
   progress = _progress(cfg, start, end, lead)
-  window: list[dict] = []
+  window: list[tuple[int, dict]] = []
+  checked = 0
   t_compile = t_first = None
   t_start = time.perf_counter()
-  for step in range(start + 1, end + 1):
-    batch = global_batch(run, next(iterator))
-    t0 = time.perf_counter()
-    state, metrics = run.train_step(state, batch)
-    if block or step == start + 1:
-      jax.block_until_ready(state["step"])
-    if t_compile is None:
-      t_compile = time.perf_counter() - t0
-      t_first = time.perf_counter()
-    window.append(metrics)
-    if step % cfg.train.log_every == 0 or step == end:
-      mean = writer.write_train(step, jax.device_get(window))
-      window = []
+  try:
+    for step in range(start + 1, end + 1):
+      batch = global_batch(run, next(iterator))
+      t0 = time.perf_counter()
+      state, metrics = run.train_step(state, batch)
+      if block or step == start + 1:
+        jax.block_until_ready(state["step"])
+      if t_compile is None:
+        t_compile = time.perf_counter() - t0
+        t_first = time.perf_counter()
+      window.append((step, metrics))
+      do_log = step % cfg.train.log_every == 0 or step == end
+      do_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+      do_save = step % cfg.train.checkpoint_every == 0 or step == end
+      if do_log or do_eval or do_save:  # read the flags before anything is written
+        new = window[checked:]
+        watch.observe([s for s, _ in new], jax.device_get([m["nonfinite"] for _, m in new]))
+        checked = len(window)
+      if do_log:
+        mean = writer.write_train(step, jax.device_get([m for _, m in window]))
+        window, checked = [], 0
+        if lead:
+          _report(progress, cfg, step, mean, t_first)
+      if do_eval:
+        result = writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+        if on_eval is not None:
+          on_eval(step, result)
+      if do_save:
+        checkpointer.save(step, state, iterator.get_state(), {"step": step, "tasks": tasks})
+        watch.last_saved = step
       if progress is not None:
-        present = mean["task/present"] > 0
-        progress.set_postfix(loss=f"{float(mean['objective']):.3f}",
-                             acc=f"{float(mean['task/accuracy'][present].mean()):.3f}")
-    if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-      writer.write_eval(step, evaluate(run, state["params"], eval_batches))
-    if step % cfg.train.checkpoint_every == 0 or step == end:
-      checkpointer.save(step, state, iterator.get_state(),
-                        {"step": step, "tasks": tasks})
+        progress.update(1)
+  finally:
+    checkpointer.close()  # finishes pending saves (good ones) even when a step failed
     if progress is not None:
-      progress.update(1)
-  checkpointer.close()
-  if progress is not None:
-    progress.close()
+      progress.close()
+  if start == end and start > 0 and not writer.last_eval:  # finished and re-launched
+    result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
+    if on_eval is not None:
+      on_eval(start, result)
   steps_done = end - start
   elapsed = time.perf_counter() - (t_first or t_start)
   summary = {
@@ -206,18 +309,33 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
       "start_step": start, "end_step": end, "tasks": tasks,
       "steps_per_s": (steps_done - 1) / elapsed if steps_done > 1 and elapsed > 0 else None,
       "compile_s": t_compile,
+      "nonfinite_steps": watch.skipped,
       "eval": writer.last_eval,
       "train": {k: np.asarray(v).tolist() for k, v in writer.last_train.items()
                 if k.startswith("task/")},
   }
   if lead:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    summary = log_lib.write_summary(workdir, summary, trained=steps_done > 0)
     if stop_at is None or end == cfg.train.steps:
       print(writer.summary_table(), flush=True)
   writer.close()
   summary["state"] = state
   return summary
+
+
+def _report(progress, cfg: ml_collections.ConfigDict, step: int, mean: dict,
+            t_first: float | None) -> None:
+  """The progress bar's loss and accuracy, or one printed line per log step."""
+  present = np.asarray(mean["task/present"]) > 0
+  loss = float(mean["objective"])
+  acc = float(np.asarray(mean["task/accuracy"])[present].mean()) if present.any() else 0.0
+  if progress is not None:
+    progress.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+    return
+  rate = ""
+  if t_first is not None and step > 1:
+    rate = f"  {time.perf_counter() - t_first:.1f}s"
+  print(f"step {step}/{cfg.train.steps}  loss {loss:.4f}  acc {acc:.3f}{rate}", flush=True)
 
 
 def _progress(cfg, start: int, end: int, lead: bool):

@@ -6,17 +6,20 @@ fetched once per window, not per step). Written per task:
                 stats/<name> (scalars; arrays as their mean), mtl/<name>
   telemetry.jsonl  one object per log step: {"step", "train": {metric: [T]},
                 "aux": {...}, "stats": {name: nested list}, "mtl": {name: nested list}}
-                (the analysis reads routing usage and gradient cosines from it)
+                (the analysis reads routing usage and gradient cosines from it),
+                "nonfinite_steps"; strict JSON (NaN/inf written as null), one
+                record per step across resumes (``logs.truncate_after``)
   eval.jsonl    one object per evaluation: {"step", "eval": {metric: {task: value}}}
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
+
+from modular.train import logs
 
 try:
   from tensorboardX import SummaryWriter
@@ -61,7 +64,7 @@ class MetricsWriter:
 
   def _append(self, name: str, record: dict) -> None:
     with open(os.path.join(self.workdir, name), "a") as f:
-      f.write(json.dumps(record) + "\n")
+      f.write(logs.dumps(record) + "\n")
 
   def write_train(self, step: int, window: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Logs the mean of a window of step metrics (already fetched to the host)."""
@@ -71,7 +74,11 @@ class MetricsWriter:
     if not self.enabled:
       return mean
     record: dict[str, Any] = {"step": step, "train": {}, "aux": {}, "stats": {}, "mtl": {}}
+    if "nonfinite" in stacked:  # steps of this window whose update was non-finite
+      record["nonfinite_steps"] = int(stacked["nonfinite"].sum())
     for k, v in mean.items():
+      if k == "nonfinite":
+        continue
       group, _, name = k.partition("/")
       if group == "task":
         record["train"][name] = v.tolist()

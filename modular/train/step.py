@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from modular import mtl as mtl_lib
-from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector
+from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector, tasks_present
 from modular.train.partition import Partition
 
 State = dict[str, Any]
@@ -151,6 +151,46 @@ def make_eval_step(fm: FunctionalModel) -> Callable[[Any, dict], dict]:
 
 
 def _present(batch: dict, num_tasks: int) -> jax.Array:
-  """[T] 1.0 for tasks with answer tokens in the batch."""
-  onehot = jax.nn.one_hot(batch["task_id"], num_tasks, dtype=jnp.float32)
-  return (onehot.T @ batch["mask"].astype(jnp.float32).sum(-1) > 0).astype(jnp.float32)
+  """[T] 1.0 for tasks with answer tokens (or labelled examples) in the batch."""
+  return tasks_present(batch, num_tasks)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """bool []: every floating-point leaf of ``tree`` is finite (no NaN, no inf)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def with_nonfinite_guard(train_step: Callable[[State, dict], tuple[State, dict]], skip: bool
+                         ) -> Callable[[State, dict], tuple[State, dict]]:
+  """Adds ``metrics["nonfinite"]`` (int32 [], 1 if the step went non-finite) to a step.
+
+  A step is non-finite when its objective, its per-task losses, its gradient norm or any
+  new parameter is NaN or inf. The flag travels with the metrics (the loop reads it when it
+  fetches a logging window or before a checkpoint or evaluation: no extra host round-trip).
+
+  Args:
+    train_step: ``(state, batch) -> (state, metrics)`` from ``make_train_step``.
+    skip: True (``train.on_nonfinite="skip"``): a non-finite step's update is dropped
+      inside the compiled step: params, opt_state and mtl_state stay as they were, while
+      ``step`` and ``rng`` advance (the batch is consumed). False ("halt"): the new state
+      is returned as is and the loop stops before saving it.
+
+  Returns:
+    The guarded step, same signature.
+  """
+
+  def guarded(state: State, batch: dict) -> tuple[State, dict]:
+    new_state, metrics = train_step(state, batch)
+    finite = all_finite((metrics["objective"], metrics["grad_norm"], metrics["task/loss"],
+                         new_state["params"]))
+    if skip:
+      keep = {k: v for k, v in new_state.items() if k not in ("step", "rng")}
+      old = {k: state[k] for k in keep}
+      kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), keep, old)
+      new_state = {**new_state, **kept}
+    metrics = {**metrics, "nonfinite": jnp.logical_not(finite).astype(jnp.int32)}
+    return new_state, metrics
+
+  return guarded

