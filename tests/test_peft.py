@@ -264,6 +264,7 @@ def test_upcycling_into_narrow_experts_stops_with_one_line(data_dir, dense_run):
 # ([E, d, f] for [d, f]): they replace the FFN, take no ``peft`` argument, and are
 # loaded by upcycling (see modules/peft.py).
 STACKED_EXPERTS = {("ffn", "moe"), ("ffn", "task_moe")}
+REQUIRED = {("head", "classify"): {"num_classes": 3}}  # fillers with options lacking a default
 
 
 def _fillers():
@@ -285,7 +286,7 @@ def test_backbone_patterns_freeze_exactly_the_dense_tensors_of_every_filler(slot
     return FunctionalModel.split(model)[1]
 
   dense = {k: tuple(v.shape) for k, v in flat_paths(shapes()).items()}
-  params = shapes(**{slot: {"name": name}})
+  params = shapes(**{slot: {"name": name, **REQUIRED.get((slot, name), {})}})
   wrong = [k for k, v in flat_paths(params).items()
            if is_frozen(k, frozen_backbone()) != _is_backbone(k, tuple(v.shape), dense)]
   assert not wrong, f"{slot}={name}: frozen is not backbone (or the reverse): {wrong}"
