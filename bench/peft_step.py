@@ -13,6 +13,12 @@ Reported per variant: the per-task gradient function alone (``grads_ms``) and th
 train step (``step_ms``), median wall time over repeated calls (each waited for), the
 compiled FLOPs and bytes accessed (XLA cost analysis), the gradient entries per task,
 and the ratios after / before. Writes one JSON file; prints a table.
+
+Measured (``--quick``: tiny configs, T = 8, 2-core CPU shared with other jobs, so the
+wall times are noisy; the compiled counts are not): per-task gradient entries 29084 ->
+9344 (adapters) and 44316 -> 24576 (LoRA); FLOPs of the per-task gradients x0.52
+(adapters) and x0.46 (LoRA), bytes accessed x0.63 and x0.49; whole-step FLOPs x0.52 and
+x0.46; per-task gradient wall time x0.76 and x0.21.
 """
 
 from __future__ import annotations
