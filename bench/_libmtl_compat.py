@@ -46,8 +46,20 @@ def import_libmtl():
   return HPS, PCGrad
 
 
+# Our method -> (LibMTL 1.1.5 weighting, its backward kwargs), for the side-by-side step.
+# GradDrop needs rep_grad=True in LibMTL (left out); LibMTL's CAGrad only runs at T = 3.
+LIBMTL_METHODS = {
+    "mean": ("EW", {}), "pcgrad": ("PCGrad", {}), "mgda": ("MGDA", {"mgda_gn": "none"}),
+    "cagrad": ("CAGrad", {"calpha": 0.4, "rescale": 1}), "imtl": ("IMTL", {}),
+    "gls": ("GLS", {}), "uncertainty": ("UW", {}), "dwa": ("DWA", {"T": 2.0}),
+    "rlw": ("RLW", {"dist": "Normal"}), "gradnorm": ("GradNorm", {"alpha": 1.5}),
+    "gradvac": ("GradVac", {"beta": 0.5, "GradVac_beta": 0.5, "GradVac_group_type": 0}),
+}
+
+
 def build_libmtl_pcgrad(num_tasks: int, vocab: int, seq: int, d_model: int, num_heads: int,
-                        d_ff: int, num_layers: int, num_classes: int, lr: float = 1e-3):
+                        d_ff: int, num_layers: int, num_classes: int, lr: float = 1e-3,
+                        weighting: str = "PCGrad", kwargs: dict | None = None):
   """Builds LibMTL's HPS + PCGrad model on our transformer trunk and an Adam optimizer.
 
   Args:
@@ -64,7 +76,10 @@ def build_libmtl_pcgrad(num_tasks: int, vocab: int, seq: int, d_model: int, num_
   import torch.nn as nn
   import torch.nn.functional as F
 
-  HPS, PCGrad = import_libmtl()
+  HPS, _ = import_libmtl()
+  import LibMTL.weighting as weightings
+  Weighting = getattr(weightings, weighting)
+  kwargs = dict(kwargs or {})
 
   class Block(nn.Module):
     def __init__(self):
@@ -94,10 +109,11 @@ def build_libmtl_pcgrad(num_tasks: int, vocab: int, seq: int, d_model: int, num_
         x = blk(x)
       return self.ln(x)
 
-  class MTLModel(HPS, PCGrad):
+  class MTLModel(HPS, Weighting):
     def __init__(self, task_name, decoders):
       super().__init__(task_name, Trunk, decoders, rep_grad=False, multi_input=False,
                        device=torch.device("cpu"))
+      self.epoch, self.train_loss_buffer = 0, None            # read by DWA
       self.init_param()
 
     def zero_grad_share_params(self):
@@ -114,7 +130,7 @@ def build_libmtl_pcgrad(num_tasks: int, vocab: int, seq: int, d_model: int, num_
                                           labels[..., t].reshape(-1))
                           for t, n in enumerate(names)])
     optimizer.zero_grad()
-    model.backward(losses)
+    model.backward(losses, **kwargs)
     optimizer.step()
     return losses
 

@@ -19,7 +19,11 @@ a load-independent check of the same ratios. Timed:
 * representation-level PCGrad and MGDA (``rep_value_and_grad``);
 * the Gram-space work alone (the T x T solve) and the combine (Gram + solve +
   weighted sum) from precomputed gradients;
-* LibMTL's PCGrad step on the same architecture in PyTorch (if installed).
+* LibMTL's PCGrad step on the same architecture in PyTorch (if installed);
+* with ``--all-methods``: every registered method's full step (loss weightings with
+  one backward pass of ``scalarize``) and LibMTL 1.1.5's step of the same method where
+  it has one (``_libmtl_compat.LIBMTL_METHODS``), side by side
+  (``<m>_over_ideal``, ``<m>_over_libmtl``).
 
 Writes JSON (default ``bench/results/mtl_step.json``) and prints a table. Run:
 ``python bench/mtl_step.py [--quick] [--tasks 2,4,8,16] [--reps 3] [--out PATH]``.
@@ -60,6 +64,8 @@ from modular.mtl.task_grads import resolve_strategy  # noqa: E402
 SIZES = dict(vocab=64, seq=32, batch=64, d_model=128, num_heads=4, d_ff=512, num_layers=2,
              num_classes=8)
 METHODS = ("pcgrad", "mgda", "cagrad", "nashmtl", "imtl_g", "aligned_mtl", "gradnorm")
+# --all-methods: every registered method once (aliases left out).
+ALL_METHODS = tuple(n for n in mtl.METHODS.names() if n not in ("equal", "random", "sum"))
 
 
 # ---------------------------------------------------------------- the model (pure JAX)
@@ -175,6 +181,21 @@ def make_step(method, tx, strategy="auto"):
   return jax.jit(step)
 
 
+def make_weighting_step(method, tx):
+  """A full step of a loss weighting: one backward of ``scalarize``, ``observe``, Adam."""
+
+  def step(params, opt_state, mstate, tokens, labels):
+    present = jnp.ones((labels.shape[-1],))
+    grads, losses = jax.grad(
+        lambda p: (lambda l: (method.scalarize(mstate, l, present), l))(
+            loss_vec(p, tokens, labels)), has_aux=True)(params)
+    mstate, _ = method.observe(mstate, losses, present)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, mstate
+
+  return jax.jit(step)
+
+
 def make_rep_step(method, tx):
   """A full step with surgery on the representation z."""
   vg = mtl.rep_value_and_grad(trunk, heads)
@@ -239,7 +260,8 @@ def build_fns(num_tasks, step_methods, libmtl, combine_methods=METHODS):
   for name in step_methods:
     if name != "pcgrad":
       m = mtl.build(_with(cfg, method=name), params)
-      fns[name] = (make_step(m, tx), (params, opt_state, m.init(params), *data))
+      make = make_step if m.needs_task_grads else make_weighting_step
+      fns[name] = (make(m, tx), (params, opt_state, m.init(params), *data))
   if len(step_methods) > 1:  # the pull-back strategy "auto" did not pick, for comparison
     other = "vmap" if resolve_strategy("auto") == "unroll" else "unroll"
     fns[f"pcgrad_{other}"] = (make_step(pc, tx, other), (params, opt_state, pc.init(params), *data))
@@ -262,12 +284,17 @@ def build_fns(num_tasks, step_methods, libmtl, combine_methods=METHODS):
   if libmtl:
     try:
       import torch
-      from _libmtl_compat import build_libmtl_pcgrad
-      torch.manual_seed(0)
-      _, _, step = build_libmtl_pcgrad(num_tasks, **{k: SIZES[k] for k in (
-          "vocab", "seq", "d_model", "num_heads", "d_ff", "num_layers", "num_classes")})
-      fns["libmtl_pcgrad"] = (step, (torch.as_tensor(np.array(tokens), dtype=torch.long),
-                                     torch.as_tensor(np.array(labels), dtype=torch.long)))
+      from _libmtl_compat import LIBMTL_METHODS, build_libmtl_pcgrad
+      for name in ["pcgrad"] + [n for n in step_methods if n in LIBMTL_METHODS and n != "pcgrad"]:
+        weighting, kwargs = LIBMTL_METHODS[name]
+        if weighting == "CAGrad" and num_tasks != 3:
+          continue                                   # LibMTL's CAGrad hard-codes T = 3
+        torch.manual_seed(0)
+        _, _, step = build_libmtl_pcgrad(num_tasks, **{k: SIZES[k] for k in (
+            "vocab", "seq", "d_model", "num_heads", "d_ff", "num_layers", "num_classes")},
+                                         weighting=weighting, kwargs=kwargs)
+        fns[f"libmtl_{name}"] = (step, (torch.as_tensor(np.array(tokens), dtype=torch.long),
+                                        torch.as_tensor(np.array(labels), dtype=torch.long)))
     except ImportError as e:
       fns["libmtl_error"] = f"{type(e).__name__}: {e}"
   return fns
@@ -306,9 +333,12 @@ def ratios(r):
                                     / r["pcgrad_ms"],
          "combine_fraction_max": max(r[k] for k in r if k.endswith("_combine_ms"))
                                  / r["pcgrad_ms"]}
-  for m in METHODS:
+  for m in ALL_METHODS:
     if f"{m}_ms" in r:
       out[f"{m}_over_ideal"] = r[f"{m}_ms"] / r["ideal_ms"]
+      out[f"{m}_over_summed"] = r[f"{m}_ms"] / r["summed_ms"]
+    if f"{m}_ms" in r and f"libmtl_{m}_ms" in r:
+      out[f"{m}_over_libmtl"] = r[f"{m}_ms"] / r[f"libmtl_{m}_ms"]
   if "libmtl_pcgrad_ms" in r:
     out["pcgrad_over_libmtl"] = r["pcgrad_ms"] / r["libmtl_pcgrad_ms"]
   return out
@@ -324,6 +354,12 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true",
                       help="T = 4 only, 2 rounds, PCGrad/MGDA only (a smoke run)")
   parser.add_argument("--no-libmtl", action="store_true", help="skip the PyTorch side")
+  parser.add_argument("--methods", default="",
+                      help="comma-separated methods for --all-methods (default: every one); "
+                           "also limits the combine/Gram-space timings to them")
+  parser.add_argument("--all-methods", action="store_true",
+                      help="time every registered method's full step (and LibMTL's same "
+                           "method) at the --methods-at T values")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                     "results", "mtl_step.json"))
   args = parser.parse_args(argv)
@@ -332,9 +368,14 @@ def main(argv=None):
   methods_at = set() if args.quick else {int(t) for t in args.methods_at.split(",") if t}
   rows, t_start = [], time.perf_counter()
   for num_tasks in tasks:
-    step_methods = METHODS if num_tasks in methods_at else ("pcgrad",)
+    chosen = tuple(m for m in args.methods.split(",") if m)
+    listed = (chosen or ALL_METHODS) if args.all_methods else METHODS
+    step_methods = listed if num_tasks in methods_at else ("pcgrad",)
+    combine = ("pcgrad", "mgda") if args.quick else METHODS
+    if chosen:
+      combine = tuple(m for m in chosen if m in METHODS) or ("pcgrad",)
     r = bench(num_tasks, reps, step_methods, libmtl=not args.no_libmtl,
-              combine_methods=("pcgrad", "mgda") if args.quick else METHODS)
+              combine_methods=combine)
     r.update(ratios(r))
     rows.append(r)
     print(f"T={num_tasks} done ({time.perf_counter() - t_start:.0f} s, "
@@ -355,10 +396,13 @@ def main(argv=None):
           "pcgrad_gflop_over_ideal", "pcgrad_gbyte_over_ideal", "naive_over_pcgrad",
           "pcgrad_over_libmtl",
           "rep_pcgrad_over_summed", "rep_mgda_over_summed", "gram_space_fraction_max",
-          "combine_fraction_max"] + [f"{m}_over_ideal" for m in METHODS if m != "pcgrad"]
+          "combine_fraction_max"] + [f"{m}_over_{ref}" for m in ALL_METHODS
+                                     for ref in ("ideal", "libmtl") if m != "pcgrad"]
   print(json.dumps(meta))
   for c in cols:
     vals = [r.get(c) for r in rows]
+    if all(v is None for v in vals):
+      continue
     print(f"{c:26s}" + "".join(f"{v:>10.3g}" if isinstance(v, (int, float)) else f"{'-':>10s}"
                                for v in vals))
   print(f"wrote {args.out}")

@@ -117,6 +117,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train = default_train_config()
   c.mesh = default_mesh_config()
   c.lock()  # a typo in a config file (c.model.d_modle = 16) fails where it is written
+  c.mtl.options.unlock()  # free-form: the method's class checks its options' names
   return c
 
 

@@ -156,6 +156,16 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None
       raise ValueError(f"config.{'.'.join(parts[:i + 1])}: unknown key")
     node = node[part]
   leaf = parts[-1]
+  if isinstance(node, ml_collections.ConfigDict) and leaf not in node and parts[-2:-1] == ["options"]:
+    # A registry choice's free-form options (mtl.options.c): the chosen class checks the keys.
+    if isinstance(value, str):
+      try:
+        value = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        pass
+    with node.unlocked():
+      node[leaf] = value
+    return
   if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
     known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
     raise ValueError(f"config.{key}: unknown key; known here: {known}")

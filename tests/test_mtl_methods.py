@@ -252,7 +252,7 @@ def test_mgda_l2_normalization():
 @pytest.mark.parametrize("vectors,c", [(CONFLICTING, 0.4), (ALIGNED, 0.4), (_random(6, 5, 0.5), 0.8),
                                        (_random(4, 6), 0.0)], ids=["conflicting", "aligned", "t6", "c0"])
 def test_cagrad_matches_scipy(vectors, c):
-  out, _, _ = _combine(mtl.CAGrad(c=c), vectors)
+  out, _, _ = _combine(mtl.CAGrad(c=c, rescale=True), vectors)
   ref = ref_cagrad(vectors, c)
   np.testing.assert_allclose(_flat(out), ref, rtol=1e-4, atol=1e-4 * np.linalg.norm(ref))
 
@@ -337,7 +337,7 @@ def test_mean_over_present():
 
 def test_uncertainty_closed_form():
   lr, t = 0.1, 3
-  m = mtl.Uncertainty(t, lr=lr, init=0.0)
+  m = mtl.Uncertainty(t, lr=lr, init_value=0.0)
   state = m.init(None)
   s = np.zeros(t)
   for losses, present in [([2.0, 0.5, 1.0], [1, 1, 1]), ([1.0, 3.0, 4.0], [1, 0, 1])]:
@@ -408,25 +408,38 @@ def test_build_every_registered_method_and_config_errors():
   for name in names:
     cfg.method = name
     methods.append(mtl.build(cfg, params))
-    assert methods[-1].needs_task_grads == (name not in ("mean", "equal", "uncertainty", "dwa"))
   assert {"pcgrad", "mgda", "cagrad", "nashmtl", "imtl_g", "aligned_mtl", "gradnorm", "mean",
           "uncertainty", "dwa"} <= set(names)
   losses = jnp.asarray([1.0, 2.0, 3.0])
   results = jax.jit(lambda g: [m.combine(g, m.init(params), losses=losses) for m in methods])(
       _grads(CONFLICTING))
-  for name, (out, _, stats) in zip(names, results):
+  for name, method, (out, _, stats) in zip(names, methods, results):
     assert np.isfinite(_flat(out)).all(), name
-    assert stats["cosine"].shape == (3, 3) and stats["norms_after"].shape == (3,), name
-    # The update is the stats' weights applied to the original gradients.
-    np.testing.assert_allclose(_flat(out), np.asarray(stats["weights"]) @ CONFLICTING,
-                               rtol=1e-4, atol=1e-5, err_msg=name)
-  for key, value, match in [("method", "pcgard", "mtl.method"), ("cagrad_c", -1.0, "mtl.cagrad_c"),
-                            ("task_specific", ["("], "mtl.task_specific"),
-                            ("mgda_iters", 0, "mtl.mgda_iters")]:
+    assert stats["cosine"].shape == (3, 3) and stats["norms_before"].shape == (3,), name
+    if method.linear_in_grads:
+      # The update is the stats' weights applied to the original gradients.
+      np.testing.assert_allclose(_flat(out), np.asarray(stats["weights"]) @ CONFLICTING,
+                                 rtol=1e-4, atol=1e-5, err_msg=name)
+  for key, value, match in [("method", "pcgard", "config.mtl.method: unknown"),
+                            ("task_specific", ["("], "config.mtl.task_specific"),
+                            ("options", {"c": -1.0}, r"config.mtl.options.c: must be >= 0"),
+                            ("options", {"iters": 0}, r"config.mtl.options.iters: must be >= 1"),
+                            ("options", {"cc": 1.0}, r"config.mtl.options.cc: unknown option of "
+                             r"'cagrad'; known: c, iters, rescale"),
+                            ("options", {"c": "abc"}, r"config.mtl.options.c: cannot parse")]:
     bad = mtl.default_mtl_config()
+    bad.method = "cagrad"
     bad[key] = value
     with pytest.raises(ValueError, match=match):
       mtl.validate_mtl_config(bad)
+  good = mtl.default_mtl_config()
+  good.method, good.options = "cagrad", {"c": "0.5", "rescale": "false", "iters": 3}
+  built = mtl.build(good)
+  assert (built.c, built.rescale, built.iters) == (0.5, False, 3)
+  # An old run folder's flat keys still configure its method.
+  legacy = mtl.default_mtl_config()
+  legacy.method, legacy.cagrad_c, legacy.mgda_iters = "cagrad", 0.7, 5
+  assert mtl.build(legacy).c == 0.7 and mtl.method_options("cagrad")["c"] == 0.4
   cfg = mtl.default_mtl_config()
   cfg.method = "dwa"
   with pytest.raises(ValueError, match="mtl.num_tasks"):

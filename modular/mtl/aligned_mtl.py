@@ -18,13 +18,14 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
 
 
 def alignment_matrix(gram: jax.Array, present: jax.Array) -> jax.Array:
@@ -48,14 +49,14 @@ def alignment_matrix(gram: jax.Array, present: jax.Array) -> jax.Array:
   return scale * (vecs * inv_sqrt[None, :]) @ vecs.T
 
 
+@register("aligned_mtl")
+@dataclasses.dataclass(eq=False)
 class AlignedMTL(Method):
   """Aligned-MTL on the Gram matrix.
 
   Args:
     task_specific: path regexes of task-specific parameters.
   """
-
-  name = "aligned_mtl"
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -71,9 +72,4 @@ def aligned_mtl(task_specific: Sequence[str] = ()) -> optax.GradientTransformati
   Returns:
     The transform.
   """
-  return AlignedMTL(task_specific).as_optax()
-
-
-@METHODS.register("aligned_mtl")
-def _build(cfg) -> AlignedMTL:
-  return AlignedMTL(cfg.task_specific, cfg.num_tasks)
+  return AlignedMTL(task_specific=task_specific).as_optax()

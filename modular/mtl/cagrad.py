@@ -7,8 +7,9 @@ the average gradient of the present tasks. Its dual is a problem over the simple
 
 solved on the Gram matrix with pairwise Frank-Wolfe and an exact line search (see
 ``simplex.py``). The update is ``d = g_0 + (c ||g_0|| / ||g_w||) g_w`` with
-``g_w = sum_t w_t g_t``, divided by ``1 + c^2`` when ``rescale`` is set (the
-authors' default, ``rescale=1``). ``c = 0`` gives the plain average.
+``g_w = sum_t w_t g_t`` (the paper's Algorithm 1, our default, and TorchJD 0.18.0's),
+divided by ``1 + c^2`` when ``rescale=True`` (the authors' code and LibMTL 1.1.5, whose
+default is ``rescale=1``; a global step-size factor). ``c = 0`` gives the plain average.
 
 References:
   Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS.
@@ -16,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -24,7 +26,8 @@ import optax
 
 from modular.mtl import gram as gram_lib
 from modular.mtl import simplex
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
+from modular.mtl.options import at_least, option
 
 
 def cagrad_coefficients(gram: jax.Array, present: jax.Array, c: float, iters: int,
@@ -60,22 +63,21 @@ def cagrad_coefficients(gram: jax.Array, present: jax.Array, c: float, iters: in
   return coef, w
 
 
+@register("cagrad")
+@dataclasses.dataclass(eq=False)
 class CAGrad(Method):
   """CAGrad on the Gram matrix.
 
   Args:
     c: radius factor (0.4 in the paper's multi-task experiments).
     iters: Frank-Wolfe iterations for the dual.
-    rescale: divide the update by ``1 + c^2``.
+    rescale: divide the update by ``1 + c^2`` (authors' code; the paper: False).
     task_specific: path regexes of task-specific parameters.
   """
 
-  name = "cagrad"
-
-  def __init__(self, c: float = 0.4, iters: int = 250, rescale: bool = True,
-               task_specific: Sequence[str] = (), num_tasks: int = 0):
-    super().__init__(task_specific, num_tasks)
-    self.c, self.iters, self.rescale = float(c), int(iters), bool(rescale)
+  c: float = option(0.4, at_least(0.0))
+  iters: int = option(250, at_least(1))
+  rescale: bool = option(False)
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -83,7 +85,7 @@ class CAGrad(Method):
     return jnp.diag(coef), state, {"dual_weights": w}
 
 
-def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = True,
+def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = False,
            task_specific: Sequence[str] = ()) -> optax.GradientTransformationExtraArgs:
   """CAGrad as an optax transform over per-task gradients ``[T, ...]``.
 
@@ -96,10 +98,4 @@ def cagrad(c: float = 0.4, iters: int = 250, rescale: bool = True,
   Returns:
     The transform.
   """
-  return CAGrad(c, iters, rescale, task_specific).as_optax()
-
-
-@METHODS.register("cagrad")
-def _build(cfg) -> CAGrad:
-  return CAGrad(cfg.cagrad_c, cfg.cagrad_iters, cfg.cagrad_rescale, cfg.task_specific,
-                cfg.num_tasks)
+  return CAGrad(c, iters, rescale, task_specific=task_specific).as_optax()

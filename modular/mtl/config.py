@@ -1,80 +1,116 @@
-"""The ``mtl`` section of the config: which method, its hyperparameters, validation.
+"""The ``mtl`` section of the config: which method, its options, validation.
 
-``--config.mtl.method=pcgrad`` switches the method; every key below can be
-overridden the same way. ``validate_mtl_config`` raises a ValueError naming the
-offending key before anything is compiled.
+``--config.mtl.method=cagrad --config.mtl.options.c=0.4`` picks a method and sets
+one of its options. A method's options and their defaults live in its own class
+(``modular/mtl/<method>.py``, dataclass fields); ``mtl.options`` holds only what
+the user changes, and ``method_options`` lists a method's options with defaults.
 
 Keys:
-  method: registry name: ``mean`` (default; alias ``equal``), ``pcgrad``, ``mgda``,
-    ``cagrad``, ``nashmtl``, ``imtl_g``, ``aligned_mtl``, ``gradnorm`` (these need per-task
-    gradients), ``uncertainty``, ``dwa`` (loss weightings).
-  num_tasks: T; required (> 0) by the methods with per-task state (``uncertainty``,
-    ``dwa``, ``gradnorm``), whose ``init`` raises otherwise; 0 means "not set" (the
-    loop fills it from the data, possibly after validation).
-  seed: PRNG seed of PCGrad's projection order.
+  method: registry name (``mtl.METHODS.names()``): ``mean`` (default; alias
+    ``equal``), the gradient methods (``pcgrad``, ``mgda``, ``cagrad``, ``upgrad``...)
+    and the loss weightings (``uncertainty``, ``dwa``, ``rlw``, ``famo``...).
+  options: the method's options, e.g. ``{"c": 0.4}`` for ``cagrad``; an unknown key is
+    an error naming the known ones.
+  num_tasks: T; required (> 0) by the methods with per-task state, whose ``init``
+    raises otherwise; 0 means "not set" (the loop fills it from the data).
+  seed: PRNG seed of the random methods (PCGrad's projection order, RLW's weights...).
   task_specific: regexes (``re.search``) over parameter paths such as
-    ``"head/kernel"`` or ``"blocks/0/adapter_ffn/down"``; matching parameters are
-    task-specific and keep their own task's gradient. Default empty: everything is
-    shared. Typical: ``["^heads/", "adapter"]``.
-  rep_level: surgery on the shared representation instead of the shared
-    parameters (``rep_value_and_grad``; needs a model split into trunk and heads;
-    read by the training loop, not by the methods).
-  mgda_iters, mgda_normalization, cagrad_c, cagrad_iters, cagrad_rescale,
-  nashmtl_iters, nashmtl_eps, dwa_temperature, gradnorm_alpha, gradnorm_lr,
-  uncertainty_lr, uncertainty_init: per-method hyperparameters (see each file).
+    ``"head/kernel"``; matching parameters are task-specific and keep their own task's
+    gradient. Default empty: everything is shared. Typical: ``["^heads/", "adapter"]``.
+  rep_level: surgery on the shared representation instead of the shared parameters
+    (``rep_value_and_grad``; read by the training loop, not by the methods).
+
+Run folders written before ``mtl.options`` existed carry flat keys such as
+``cagrad_c``; ``method_kwargs`` reads them for the configured method when
+``mtl.options`` does not set the same option (``LEGACY_KEYS``).
 
 References:
-  Yu et al. 2020 (PCGrad); Sener & Koltun 2018 (MGDA); Liu et al. 2021 (CAGrad);
-  Navon et al. 2022 (Nash-MTL); Liu et al. 2021 (IMTL); Senushkin et al.
-  2023 (Aligned-MTL); Chen et al. 2018 (GradNorm);
-  Kendall et al. 2018 (uncertainty); Liu et al. 2019 (DWA).
+  Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization" (TorchJD:
+  one class per aggregator, its hyperparameters on the class).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import ml_collections
 
-from modular.mtl.mgda import NORMALIZATIONS
+from modular.mtl import options as options_lib
 from modular.mtl.method import METHODS
+
+# Flat keys of older configs -> (method, option).
+LEGACY_KEYS = {
+    "mgda_iters": ("mgda", "iters"), "mgda_normalization": ("mgda", "normalization"),
+    "cagrad_c": ("cagrad", "c"), "cagrad_iters": ("cagrad", "iters"),
+    "cagrad_rescale": ("cagrad", "rescale"), "nashmtl_iters": ("nashmtl", "iters"),
+    "nashmtl_eps": ("nashmtl", "eps"), "dwa_temperature": ("dwa", "temperature"),
+    "gradnorm_alpha": ("gradnorm", "alpha"), "gradnorm_lr": ("gradnorm", "lr"),
+    "uncertainty_lr": ("uncertainty", "lr"), "uncertainty_init": ("uncertainty", "init_value"),
+}
+
 
 def default_mtl_config() -> ml_collections.ConfigDict:
   """Returns the default ``mtl`` config (plain mean over present tasks)."""
   c = ml_collections.ConfigDict()
   c.method = "mean"
+  c.options = ml_collections.ConfigDict()
   c.num_tasks = 0
   c.seed = 0
   c.task_specific = []
   c.rep_level = False
-  c.mgda_iters = 250
-  c.mgda_normalization = "none"
-  c.cagrad_c = 0.4
-  c.cagrad_iters = 250
-  c.cagrad_rescale = True
-  c.nashmtl_iters = 20
-  c.nashmtl_eps = 1e-6
-  c.dwa_temperature = 2.0
-  c.gradnorm_alpha = 1.5
-  c.gradnorm_lr = 0.025
-  c.uncertainty_lr = 0.01
-  c.uncertainty_init = 0.0
   return c
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
   if not ok:
-    raise ValueError(f"mtl.{key}: {msg}")
+    raise ValueError(f"config.mtl.{key}: {msg}")
+
+
+def _as_dict(options: Any) -> dict[str, Any]:
+  if options is None:
+    return {}
+  if isinstance(options, ml_collections.ConfigDict):
+    return options.to_dict()
+  return dict(options)
+
+
+def method_kwargs(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of the configured method's class (options + common keys).
+
+  Args:
+    cfg: an ``mtl`` ConfigDict (or dict).
+
+  Returns:
+    ``{field: value}`` for ``METHODS.get(cfg.method)(**kwargs)``.
+
+  Raises:
+    ValueError: ``config.mtl.<key>: ...`` for the first bad key.
+  """
+  cls = METHODS.get(cfg["method"])
+  options = _as_dict(cfg.get("options"))
+  for old, (method, key) in LEGACY_KEYS.items():
+    if old in cfg and cls.name == method and key not in options:
+      options[key] = cfg[old]
+  common = {k: cfg[k] for k in options_lib.COMMON_KEYS if k in cfg}
+  return options_lib.resolve(cls, options, common)
+
+
+def method_options(name: str) -> dict[str, Any]:
+  """A method's options with their defaults (``{"c": 0.4, ...}`` for ``cagrad``)."""
+  return options_lib.defaults(METHODS.get(name))
 
 
 def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
   """Checks an ``mtl`` config; raises ValueError naming the first bad key.
 
+  Builds the method once (cheap: no arrays), so the method's own checks run too.
+
   Args:
     cfg: a ConfigDict shaped like ``default_mtl_config()``.
   """
-  missing = sorted(set(default_mtl_config().keys()) - set(cfg.keys()))
-  _check(not missing, missing[0] if missing else "", "missing key")
+  for key in ("method", "num_tasks", "seed", "task_specific", "rep_level"):
+    _check(key in cfg, key, "missing key")
   _check(cfg.method in METHODS, "method",
          f"unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
   _check(isinstance(cfg.num_tasks, int) and cfg.num_tasks >= 0, "num_tasks",
@@ -85,14 +121,8 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
     try:
       re.compile(pattern)
     except (re.error, TypeError) as e:
-      raise ValueError(f"mtl.task_specific: bad regex {pattern!r}: {e}") from None
+      raise ValueError(f"config.mtl.task_specific: bad regex {pattern!r}: {e}") from None
   _check(isinstance(cfg.rep_level, bool), "rep_level", "must be a bool")
-  for key in ("mgda_iters", "cagrad_iters", "nashmtl_iters"):
-    _check(isinstance(cfg[key], int) and cfg[key] >= 1, key, f"must be an int >= 1, got {cfg[key]!r}")
-  _check(cfg.mgda_normalization in NORMALIZATIONS, "mgda_normalization",
-         f"must be one of {NORMALIZATIONS}")
-  _check(cfg.cagrad_c >= 0, "cagrad_c", f"must be >= 0, got {cfg.cagrad_c}")
-  _check(isinstance(cfg.cagrad_rescale, bool), "cagrad_rescale", "must be a bool")
-  for key in ("nashmtl_eps", "dwa_temperature", "gradnorm_lr", "uncertainty_lr"):
-    _check(cfg[key] > 0, key, f"must be > 0, got {cfg[key]}")
-  _check(cfg.gradnorm_alpha >= 0, "gradnorm_alpha", f"must be >= 0, got {cfg.gradnorm_alpha}")
+  _check(cfg.get("options") is None or isinstance(cfg.options, (dict, ml_collections.ConfigDict)),
+         "options", f"must be a mapping of option -> value, got {cfg.get('options')!r}")
+  METHODS.get(cfg.method)(**method_kwargs(cfg))

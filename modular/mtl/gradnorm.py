@@ -32,13 +32,15 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
+from modular.mtl.options import at_least, greater, option
 
 MIN_WEIGHT = 1e-6   # floor of every weight
 MAX_RATIO = 100.0   # largest L_t / L_t(0)
@@ -97,8 +99,12 @@ def gradnorm_step(state: GradNormState, norms: jax.Array, losses: jax.Array,
   return new, stats
 
 
+@register("gradnorm")
+@dataclasses.dataclass(eq=False)
 class GradNorm(Method):
   """GradNorm as a Gram-space method.
+
+  The weights and first losses are the state: checkpoints and resumes bit for bit.
 
   Args:
     num_tasks: T.
@@ -107,12 +113,9 @@ class GradNorm(Method):
     task_specific: path regexes of task-specific parameters.
   """
 
-  name = "gradnorm"
-
-  def __init__(self, num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
-               task_specific: Sequence[str] = ()):
-    super().__init__(task_specific, num_tasks)
-    self.alpha, self.lr = float(alpha), float(lr)
+  num_tasks: int = 0
+  alpha: float = option(1.5, at_least(0.0))
+  lr: float = option(0.025, greater(0.0))
 
   def init(self, params):
     del params
@@ -144,9 +147,4 @@ def gradnorm(num_tasks: int, alpha: float = 1.5, lr: float = 0.025,
   Returns:
     The transform.
   """
-  return GradNorm(num_tasks, alpha, lr, task_specific).as_optax()
-
-
-@METHODS.register("gradnorm")
-def _build(cfg) -> GradNorm:
-  return GradNorm(cfg.num_tasks, cfg.gradnorm_alpha, cfg.gradnorm_lr, cfg.task_specific)
+  return GradNorm(num_tasks, alpha, lr, task_specific=task_specific).as_optax()

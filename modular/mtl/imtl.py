@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from modular.mtl import gram as gram_lib
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
 
 
 def impartial_weights(gram: jax.Array, present: jax.Array) -> jax.Array:
@@ -45,14 +46,14 @@ def impartial_weights(gram: jax.Array, present: jax.Array) -> jax.Array:
   return jnp.where(jnp.abs(total) > 0, raw / jnp.where(jnp.abs(total) > 0, total, 1.0), 0.0)
 
 
+@register("imtl_g")
+@dataclasses.dataclass(eq=False)
 class IMTLG(Method):
   """IMTL-G on the Gram matrix.
 
   Args:
     task_specific: path regexes of task-specific parameters.
   """
-
-  name = "imtl_g"
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -68,9 +69,4 @@ def imtl_g(task_specific: Sequence[str] = ()) -> optax.GradientTransformationExt
   Returns:
     The transform.
   """
-  return IMTLG(task_specific).as_optax()
-
-
-@METHODS.register("imtl_g")
-def _build(cfg) -> IMTLG:
-  return IMTLG(cfg.task_specific, cfg.num_tasks)
+  return IMTLG(task_specific=task_specific).as_optax()

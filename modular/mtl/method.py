@@ -24,51 +24,90 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+import os
+import pkgutil
+from typing import Any, Callable, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from modular.mtl import gram as gram_lib
+from modular.mtl import options as options_lib
 from modular.registry import Registry
 
 PyTree = Any
 Stats = dict[str, jax.Array]
 
-METHODS: Registry["Method"] = Registry(
+# Every module of this package is imported on the first lookup, so that its
+# ``@register`` decorators run: adding a method is adding one file.
+_INFRASTRUCTURE = {"method", "options", "config", "gram", "simplex", "task_grads", "rep_grads",
+                   "qp"}
+METHODS: Registry[type["Method"]] = Registry(
     "mtl method",
-    lazy_modules=(
-        "modular.mtl.weighting",
-        "modular.mtl.pcgrad",
-        "modular.mtl.mgda",
-        "modular.mtl.cagrad",
-        "modular.mtl.nashmtl",
-        "modular.mtl.imtl",
-        "modular.mtl.aligned_mtl",
-        "modular.mtl.gradnorm",
-    ))
+    lazy_modules=tuple(
+        f"modular.mtl.{m.name}" for m in pkgutil.iter_modules([os.path.dirname(__file__)])
+        if m.name not in _INFRASTRUCTURE))
+
+M = TypeVar("M", bound=type)
 
 
+def register(*names: str) -> Callable[[M], M]:
+  """Class decorator: registers a method class under ``names`` (the first is its name).
+
+  Example::
+
+    @register("cagrad")
+    @dataclasses.dataclass(eq=False)
+    class CAGrad(Method):
+      c: float = option(0.4, at_least(0.0))
+  """
+
+  def deco(cls: M) -> M:
+    if "name" not in cls.__dict__:
+      cls.name = names[0]
+    for n in names:
+      METHODS.register(n)(cls)
+    return cls
+
+  return deco
+
+
+@dataclasses.dataclass(eq=False)
 class Method:
   """Base class of a multi-task method (see the module docstring).
 
+  Subclasses are dataclasses whose fields are the method's options
+  (``options.option``), checked in ``__post_init__``.
+
   Args:
     task_specific: regexes over parameter paths; matching leaves are
-      task-specific and keep their own task's gradient.
-    num_tasks: number of tasks; needed by methods with per-task state.
+      task-specific and keep their own task's gradient (keyword only).
+    num_tasks: number of tasks; needed by methods with per-task state (keyword
+      only, unless the method declares it as its first field).
   """
 
-  name: str = "method"
-  needs_task_grads: bool = True
+  name: ClassVar[str] = "method"
+  needs_task_grads: ClassVar[bool] = True
   # Task-specific leaves get sum_t g_t (False: each head its own unweighted gradient,
   # as LibMTL's gradient methods) or sum_t w_t g_t (True: the loss weightings, whose
   # loop path differentiates sum_t w_t L_t).
-  weight_task_specific: bool = False
+  weight_task_specific: ClassVar[bool] = False
+  # False where the update is not sum_t w_t g_t of this step's gradients (GradDrop,
+  # TrimmedMean, DB-MTL, MoCo): their stats carry no "weights".
+  linear_in_grads: ClassVar[bool] = True
 
-  def __init__(self, task_specific: Sequence[str] = (), num_tasks: int = 0):
-    self.task_specific = tuple(task_specific)
-    self.num_tasks = int(num_tasks)
+  task_specific: tuple = dataclasses.field(default=(), kw_only=True)
+  num_tasks: int = dataclasses.field(default=0, kw_only=True,
+                                     metadata={"check": options_lib.at_least(0)})
+
+  def __post_init__(self):
+    if isinstance(self.task_specific, str):
+      raise ValueError("config.mtl.task_specific: must be a list of regexes")
+    self.task_specific = tuple(self.task_specific)
+    self.num_tasks = int(self.num_tasks)
+    options_lib.check_fields(self)
 
   # -- state -------------------------------------------------------------------
   def init(self, params: PyTree) -> PyTree:
@@ -78,8 +117,8 @@ class Method:
 
   def _require_num_tasks(self) -> int:
     if self.num_tasks < 1:
-      raise ValueError(f"mtl method {self.name!r} keeps per-task state: set "
-                       "mtl.num_tasks (a positive int) in the config")
+      raise ValueError(f"config.mtl.num_tasks: method {self.name!r} keeps per-task state: "
+                       "set it to a positive int")
     return self.num_tasks
 
   # -- Gram-space path -----------------------------------------------------------
@@ -170,6 +209,7 @@ class Method:
     return optax.GradientTransformationExtraArgs(self.init, update)
 
 
+@dataclasses.dataclass(eq=False)
 class Weighting(Method):
   """A loss weighting: ``combine`` uses ``C = diag(loss_weights)``, then ``observe``."""
 
@@ -177,10 +217,34 @@ class Weighting(Method):
   needs_losses = True
   weight_task_specific = True
 
+  def current_weights(self, state: PyTree, losses: jax.Array,
+                      present: jax.Array) -> jax.Array:
+    """Weights ``[T]`` for this step's losses (``[T]``, constant); default ``loss_weights``.
+
+    Weightings whose weights depend on the current losses (GLS, STCH, FAMO) override it.
+    """
+    del losses
+    return self.loss_weights(state, present)
+
+  def scalarize(self, state: PyTree, losses: jax.Array, present: jax.Array) -> jax.Array:
+    """The scalar the loop differentiates: ``sum_t stop_gradient(w_t) L_t + extra_loss``.
+
+    Args:
+      state: the method state.
+      losses: ``[T]`` per-task losses (differentiable).
+      present: ``[T]`` float 0/1.
+
+    Returns:
+      A scalar whose gradient is ``sum_t w_t g_t``.
+    """
+    w = jax.lax.stop_gradient(
+        self.current_weights(state, jax.lax.stop_gradient(losses), present))
+    return jnp.sum(w * losses) + self.extra_loss(state)
+
   def solve(self, gram, state, losses, present):
     del gram
-    w = self.loss_weights(state, present)
     if losses is None and self.needs_losses:
       raise ValueError(f"mtl method {self.name!r} needs losses= in combine/update")
+    w = self.current_weights(state, losses, present)
     state, extra = self.observe(state, losses, present)
     return jnp.diag(w), state, extra

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -25,7 +26,8 @@ import optax
 
 from modular.mtl import gram as gram_lib
 from modular.mtl import simplex
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
+from modular.mtl.options import at_least, one_of, option
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -60,6 +62,8 @@ def gradient_normalizers(gram: jax.Array, losses: jax.Array | None, kind: str) -
   return jnp.asarray(losses, jnp.float32) * norms
 
 
+@register("mgda")
+@dataclasses.dataclass(eq=False)
 class MGDA(Method):
   """MGDA on the Gram matrix.
 
@@ -69,15 +73,8 @@ class MGDA(Method):
     task_specific: path regexes of task-specific parameters.
   """
 
-  name = "mgda"
-
-  def __init__(self, iters: int = 250, normalization: str = "none",
-               task_specific: Sequence[str] = (), num_tasks: int = 0):
-    super().__init__(task_specific, num_tasks)
-    if normalization not in NORMALIZATIONS:
-      raise ValueError(f"mgda normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    self.iters = int(iters)
-    self.normalization = normalization
+  iters: int = option(250, at_least(1))
+  normalization: str = option("none", one_of(*NORMALIZATIONS))
 
   def solve(self, gram, state, losses, present):
     n = gradient_normalizers(gram, losses, self.normalization)
@@ -99,9 +96,4 @@ def mgda(iters: int = 250, normalization: str = "none",
   Returns:
     A transform whose update is the min-norm element ``sum_t w_t g_t``.
   """
-  return MGDA(iters, normalization, task_specific).as_optax()
-
-
-@METHODS.register("mgda")
-def _build(cfg) -> MGDA:
-  return MGDA(cfg.mgda_iters, cfg.mgda_normalization, cfg.task_specific, cfg.num_tasks)
+  return MGDA(iters, normalization, task_specific=task_specific).as_optax()

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -27,7 +28,8 @@ import jax.numpy as jnp
 import optax
 
 from modular.mtl import gram as gram_lib
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
+from modular.mtl.options import at_least, greater, option
 
 _BACKTRACK = 30
 
@@ -71,6 +73,8 @@ def bargaining_weights(gram: jax.Array, present: jax.Array, iters: int = 20,
   return jnp.where(active, beta * scale, 0.0)
 
 
+@register("nashmtl")
+@dataclasses.dataclass(eq=False)
 class NashMTL(Method):
   """Nash-MTL on the Gram matrix.
 
@@ -80,12 +84,8 @@ class NashMTL(Method):
     task_specific: path regexes of task-specific parameters.
   """
 
-  name = "nashmtl"
-
-  def __init__(self, iters: int = 20, eps: float = 1e-6, task_specific: Sequence[str] = (),
-               num_tasks: int = 0):
-    super().__init__(task_specific, num_tasks)
-    self.iters, self.eps = int(iters), float(eps)
+  iters: int = option(20, at_least(1))
+  eps: float = option(1e-6, greater(0.0))
 
   def solve(self, gram, state, losses, present):
     del losses
@@ -106,9 +106,4 @@ def nash_mtl(iters: int = 20, eps: float = 1e-6,
   Returns:
     The transform.
   """
-  return NashMTL(iters, eps, task_specific).as_optax()
-
-
-@METHODS.register("nashmtl")
-def _build(cfg) -> NashMTL:
-  return NashMTL(cfg.nashmtl_iters, cfg.nashmtl_eps, cfg.task_specific, cfg.num_tasks)
+  return NashMTL(iters, eps, task_specific=task_specific).as_optax()

@@ -21,13 +21,14 @@ References:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import dataclasses
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from modular.mtl.method import METHODS, Method
+from modular.mtl.method import Method, register
 
 
 class PCGradState(NamedTuple):
@@ -91,20 +92,19 @@ def pcgrad_coefficients(gram: jax.Array, present: jax.Array,
                            (jnp.eye(num_tasks, dtype=gram.dtype), jnp.zeros((), jnp.int32)))
 
 
+@register("pcgrad")
+@dataclasses.dataclass(eq=False)
 class PCGrad(Method):
   """PCGrad as a Gram-space method (see the module docstring).
+
+  The PRNG key is part of the state: a resumed run draws the same orders (bit for bit).
 
   Args:
     seed: an int seed, or a PRNG key (typed or raw), for the projection orders.
     task_specific: regexes over parameter paths kept out of the surgery.
   """
 
-  name = "pcgrad"
-
-  def __init__(self, seed: int | jax.Array = 0, task_specific: Sequence[str] = (),
-               num_tasks: int = 0):
-    super().__init__(task_specific, num_tasks)
-    self.seed = seed
+  seed: Any = 0
 
   def init(self, params):
     del params
@@ -128,9 +128,4 @@ def pcgrad(seed: int | jax.Array = 0,
   Returns:
     A transform whose update returns ``sum_i g_i^PC`` (task axis removed).
   """
-  return PCGrad(seed, task_specific).as_optax()
-
-
-@METHODS.register("pcgrad")
-def _build(cfg) -> PCGrad:
-  return PCGrad(cfg.seed, cfg.task_specific, cfg.num_tasks)
+  return PCGrad(seed, task_specific=task_specific).as_optax()

@@ -31,13 +31,15 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from modular.mtl.method import METHODS, Weighting
+from modular.mtl.method import Weighting, register
+from modular.mtl.options import greater, option
 
 LOG_VAR_MIN, LOG_VAR_MAX = -5.0, 5.0  # uncertainty: s_t range, w_t in [e^-5, e^5]
 MAX_RATIO = 100.0                      # DWA: largest loss ratio L(k-1) / L(k-2)
@@ -47,10 +49,11 @@ def _present_mask(present: jax.Array) -> jax.Array:
   return jnp.asarray(present, jnp.float32) > 0
 
 
+@register("mean", "equal")
+@dataclasses.dataclass(eq=False)
 class Mean(Weighting):
   """Plain mean over the present tasks (the default method)."""
 
-  name = "mean"
   needs_losses = False
 
   def loss_weights(self, state, present):
@@ -68,8 +71,12 @@ class UncertaintyState(NamedTuple):
   log_var: jax.Array
 
 
+@register("uncertainty")
+@dataclasses.dataclass(eq=False)
 class Uncertainty(Weighting):
   """Uncertainty weighting with an SGD step on ``s`` per ``observe``.
+
+  ``s`` is the state: checkpoints and resumes bit for bit.
 
   Args:
     num_tasks: T.
@@ -78,12 +85,9 @@ class Uncertainty(Weighting):
     task_specific: path regexes (used by ``combine`` only).
   """
 
-  name = "uncertainty"
-
-  def __init__(self, num_tasks: int, lr: float = 1e-2, init: float = 0.0,
-               task_specific: Sequence[str] = ()):
-    super().__init__(task_specific, num_tasks)
-    self.lr, self.init_value = float(lr), float(init)
+  num_tasks: int = 0
+  lr: float = option(1e-2, greater(0.0))
+  init_value: float = option(0.0)
 
   def init(self, params):
     del params
@@ -117,8 +121,12 @@ class DWAState(NamedTuple):
   count: jax.Array      # [T] int32
 
 
+@register("dwa")
+@dataclasses.dataclass(eq=False)
 class DWA(Weighting):
   """Dynamic Weight Average.
+
+  The last two losses are the state: checkpoints and resumes bit for bit.
 
   Args:
     num_tasks: T.
@@ -126,12 +134,8 @@ class DWA(Weighting):
     task_specific: path regexes (used by ``combine`` only).
   """
 
-  name = "dwa"
-
-  def __init__(self, num_tasks: int, temperature: float = 2.0,
-               task_specific: Sequence[str] = ()):
-    super().__init__(task_specific, num_tasks)
-    self.temperature = float(temperature)
+  num_tasks: int = 0
+  temperature: float = option(2.0, greater(0.0))
 
   def init(self, params):
     del params
@@ -179,7 +183,7 @@ def uncertainty(num_tasks: int, lr: float = 1e-2, init: float = 0.0,
   Returns:
     The transform.
   """
-  return Uncertainty(num_tasks, lr, init, task_specific).as_optax()
+  return Uncertainty(num_tasks, lr, init, task_specific=task_specific).as_optax()
 
 
 def dwa(num_tasks: int, temperature: float = 2.0,
@@ -194,22 +198,4 @@ def dwa(num_tasks: int, temperature: float = 2.0,
   Returns:
     The transform.
   """
-  return DWA(num_tasks, temperature, task_specific).as_optax()
-
-
-@METHODS.register("mean")
-def _build_mean(cfg) -> Mean:
-  return Mean(cfg.task_specific, cfg.num_tasks)
-
-
-METHODS.register("equal")(_build_mean)
-
-
-@METHODS.register("uncertainty")
-def _build_uncertainty(cfg) -> Uncertainty:
-  return Uncertainty(cfg.num_tasks, cfg.uncertainty_lr, cfg.uncertainty_init, cfg.task_specific)
-
-
-@METHODS.register("dwa")
-def _build_dwa(cfg) -> DWA:
-  return DWA(cfg.num_tasks, cfg.dwa_temperature, cfg.task_specific)
+  return DWA(num_tasks, temperature, task_specific=task_specific).as_optax()

@@ -100,11 +100,10 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
           task_grads, state["mtl_state"], params=params, losses=losses, present=present)
     else:
       present = _present(batch, fm.num_tasks)
-      weights = jax.lax.stop_gradient(method.loss_weights(state["mtl_state"], present))
 
       def objective(p):
         lv, aux = loss_vector(p, frozen, batch, step_rng)
-        return jnp.sum(weights * lv) + method.extra_loss(state["mtl_state"]), (lv, aux)
+        return method.scalarize(state["mtl_state"], lv, present), (lv, aux)
 
       grads, (losses, aux) = jax.grad(objective, has_aux=True)(params)
       mtl_state, mtl_stats = method.observe(state["mtl_state"], losses, present)
