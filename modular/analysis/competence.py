@@ -72,10 +72,14 @@ def chance_accuracy(batches: Sequence[Batch], num_tasks: int) -> np.ndarray:
   """
   counts: list[dict[int, float]] = [dict() for _ in range(num_tasks)]
   for b in batches:
-    mask = np.asarray(b["mask"]) * example_valid(b)[:, None]
-    tid = np.broadcast_to(np.asarray(b["task_id"])[:, None], mask.shape)
-    tgt = np.asarray(b["targets"])
-    on = mask > 0
+    if "label" in b and "targets" not in b:  # classification: the majority class
+      tid, tgt = np.asarray(b["task_id"]), np.asarray(b["label"])
+      on = tgt >= 0
+    else:
+      mask = np.asarray(b["mask"]) * example_valid(b)[:, None]
+      tid = np.broadcast_to(np.asarray(b["task_id"])[:, None], mask.shape)
+      tgt = np.asarray(b["targets"])
+      on = mask > 0
     for t, y in zip(tid[on], tgt[on]):
       counts[int(t)][int(y)] = counts[int(t)].get(int(y), 0.0) + 1.0
   out = np.full(num_tasks, np.nan)
