@@ -11,14 +11,15 @@ expert has d_ff / 2 hidden units, so a task's active parameters equal the dense
 quickstart's; the router learns 10x faster than the experts. A task's sub-network:
 ``modular.modules.task_extract.extract_task``. Arguments (comma-separated): tiny,
 average (stage 1), top1 (straight-through top-1, experts as wide as the dense FFN),
-gumbel (straight-through Gumbel-softmax top-1), block (experts are whole layers).
+gumbel (straight-through Gumbel-softmax top-1), block (experts are whole layers), upcycle
+(experts as wide as the dense FFN, for ``train.init_from`` a dense run: sparse upcycling).
 """
 
 import os
 
 from modular.overrides import load_config_file
 
-ARGS = ("tiny", "average", "top1", "gumbel", "block")
+ARGS = ("tiny", "average", "top1", "gumbel", "block", "upcycle")
 
 
 def get_config(arg=None):
@@ -35,6 +36,8 @@ def get_config(arg=None):
   if "top1" in args or "gumbel" in args:
     route.update(top_k=1, straight_through=True, temperature=1.0,
                  gate="gumbel" if "gumbel" in args else "softmax")
+  if "upcycle" in args:
+    route["expert_d_ff"] = c.model.d_ff
   if "block" in args:
     c.model.block = dict(route, name="task_moe_block")
   else:

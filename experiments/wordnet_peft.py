@@ -165,12 +165,13 @@ def trainable_parameters(cfg) -> int:
 
 
 def table(workdir: str) -> str:
-  """The README's table from a finished (or partial) sweep folder.
+  """The README's table from a sweep folder (finished runs; the others stay empty).
 
-  One row per run of ``results.csv``: per-task held-out accuracy, their mean, the
-  trainable parameter count and Δm over the single-task baselines on accuracy (percent,
-  ``modular.experiments.delta_m``; the sweep's own ``delta_m`` column also averages
-  the loss). Pending and failed runs keep their row with empty cells.
+  One row per point and baseline: per-task held-out accuracy (the run's
+  ``summary.json``), their mean, the trainable parameter count and Δm over the
+  single-task baselines on accuracy (percent, ``modular.experiments.delta_m``; the
+  sweep's own ``delta_m`` column also averages the loss). A run counts once it reached
+  its last step, whichever process trained it.
 
   Args:
     workdir: the ``modular-sweep`` folder of this experiment.
@@ -178,35 +179,28 @@ def table(workdir: str) -> str:
   Returns:
     A Markdown table.
   """
-  import csv  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from modular.experiments import delta_m, expand, expand_baselines  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, "results.csv")) as f:
-    rows = list(csv.DictReader(f))
-  points = {p.name: p for p in expand(__file__) + expand_baselines(__file__)}
-
-  def acc(r, t):
-    v = r.get(f"accuracy/{t}", "")
-    return float(v) if v else None
-
-  single = {"accuracy": {}}
-  for r in rows:
-    if r["run"].startswith("single-") and r["status"] == "finished":
-      single["accuracy"].update({t: acc(r, t) for t in TASKS if acc(r, t) is not None})
+  from modular.experiments.results import finished_summary  # pylint: disable=g-import-not-at-top
+  points, baselines = expand(__file__), expand_baselines(__file__)
+  acc = {}
+  for p in points + baselines:
+    summary = finished_summary(os.path.join(workdir, p.name), p.cfg)
+    acc[p.name] = summary["eval"]["accuracy"] if summary else None
+  single = {"accuracy": {t: v for p in baselines if acc[p.name] for t, v in acc[p.name].items()}}
   lines = ["| run | " + " | ".join(TASKS) + " | mean | trainable params | Δm (acc, %) |",
            "|---" * (len(TASKS) + 4) + "|"]
-  for r in rows:
-    vals = [acc(r, t) for t in TASKS]
-    cells = ["" if v is None else f"{v:.3f}" for v in vals]
-    have = [v for v in vals if v is not None]
-    mean = f"{sum(have) / len(have):.3f}" if have and not r["run"].startswith("single-") else ""
+  for p in points + baselines:
+    got = acc[p.name] or {}
+    cells = [f"{got[t]:.3f}" if t in got else "" for t in TASKS]
+    is_point = p in points
+    mean = f"{sum(got.values()) / len(got):.3f}" if got and is_point else ""
     dm = ""
-    if have and not r["run"].startswith("single-") and single["accuracy"]:
-      evals = {"accuracy": {t: v for t, v in zip(TASKS, vals) if v is not None}}
-      dm = f"{delta_m(evals, single, ('accuracy',)):+.1f}"
-    status = "" if r["status"] == "finished" else f" ({r['status']})"
-    params = f"{trainable_parameters(points[r['run']].cfg):,}" if r["run"] in points else ""
-    lines.append(f"| {r['run']}{status} | " + " | ".join(cells) + f" | {mean} | {params} | {dm} |")
+    if got and is_point and single["accuracy"]:
+      dm = f"{delta_m({'accuracy': got}, single, ('accuracy',)):+.1f}"
+    name = p.name if acc[p.name] else f"{p.name} (not run)"
+    lines.append(f"| {name} | " + " | ".join(cells) +
+                 f" | {mean} | {trainable_parameters(p.cfg):,} | {dm} |")
   return "\n".join(lines)
 
 

@@ -36,9 +36,12 @@ def _free(rng, shape, num_tasks, d):
 
 
 def planted_model(num_tasks, num_layers, num_heads, d_model, d_ff, vocab, seq_len,
-                  heads, neurons, seed=0):
+                  heads, neurons, seed=0, value_scale=1.0, neuron_scale=1.0):
   """A model whose head (l, h) matters only for heads[(l, h)] and neuron n of layer l
-  fires only for neurons[l][n]. Returns (fm, params)."""
+  fires only for neurons[l][n] (``value_scale`` sizes the planted heads' values, so
+  that ablating one changes predictions; ``neuron_scale`` the planted neurons' input
+  weights, so they still fire when strong heads shrink the indicator under layer
+  norm). Returns (fm, params)."""
   t_, d = num_tasks, d_model
   cfg = default_model_config()
   for k, v in dict(d_model=d, num_heads=num_heads, num_layers=num_layers, d_ff=d_ff,
@@ -58,12 +61,12 @@ def planted_model(num_tasks, num_layers, num_heads, d_model, d_ff, vocab, seq_le
     a["wv"] = np.zeros((d, num_heads, dh))
     for h in range(num_heads):
       for t in heads.get((l, h), ()):
-        a["wv"][t, h] = rng.normal(size=dh)
+        a["wv"][t, h] = value_scale * rng.normal(size=dh)
     a["wo"] = _free(rng, (num_heads, dh, d), t_, d)
     f["w_in"] = np.zeros((d, d_ff))
     f["b_in"] = -np.ones(d_ff)
     for n, tasks in neurons.get(l, {}).items():
-      f["w_in"][list(tasks), n] = 1.0
+      f["w_in"][list(tasks), n] = neuron_scale
       f["b_in"][n] = -0.1
     f["w_out"] = 0.3 * _free(rng, (d_ff, d), t_, d)
     f["b_out"] = np.zeros(d)

@@ -6,7 +6,8 @@ top-k sets took those heads ([(0, 1), (1, 2)] for a task whose only important he
 (1, 2); four heads at threshold 0.5). Now importances are compared with a noise floor
 (relative to the model's largest effect and to float32 precision), noise layers stay
 0 after normalization, sets can be empty, and a model whose weights make exactly
-(1, 2) matter gives exactly [(1, 2)] through ``analyze_model`` with default settings.
+(1, 2) matter gives exactly [(1, 2)] through ``analyze_model`` with default settings,
+and its task that was never learned (random targets) is gated.
 
 References:
   Michel et al. 2019 (importance, ablation, per-layer normalization).
@@ -60,7 +61,7 @@ def test_analyze_model_finds_exactly_the_planted_head():
   # task 0 needs only head (1, 2); task 1 needs (0, 0) and (1, 2); task 2 needs nothing
   heads = {(1, 2): {0, 1}, (0, 0): {1}}
   fm, params = planted_model(3, 2, 4, 24, 16, 16, 8, heads, {0: {0: {0}}, 1: {0: {1}}})
-  batches = teacher_batches(fm, params, 3, 16, 8, 12, batch_size=36)
+  batches = teacher_batches(fm, params, 3, 16, 8, 12, batch_size=36, unlearned=(2,))
   # zero ablation: a mean-ablated head adds its all-task mean output, a real effect
   a = analyze_model(fm, params, batches, ["a", "b", "c"], batch_size=36, modes=("zero",))
   assert a.reuse["gradient"].top_k == default_top_k(2, 4) == 2
@@ -69,6 +70,10 @@ def test_analyze_model_finds_exactly_the_planted_head():
     assert got[0] == [(1, 2)] and got[2] == [], (source, got)
     assert set(got[1]) <= {(0, 0), (1, 2)}, (source, got)  # a head may lower a loss
   assert np.argwhere(a.reuse["gradient"].sets[1]).tolist() == [[0, 0], [1, 2]]
+  # task c was never learned (random targets): gated, and marked in figures
+  assert a.competence.competent.tolist() == [True, True, False]
+  assert a.competence.accuracy[:2].min() == 1.0
+  assert a.competence.labels(["a", "b", "c"])[2] == "c (at chance)"
   # the normalized heatmap shows nothing where nothing matters
   np.testing.assert_array_equal(a.importance.normalized[0, 0], 0.0)
   np.testing.assert_array_equal(a.importance.normalized[2], 0.0)

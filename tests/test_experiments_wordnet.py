@@ -92,3 +92,35 @@ def test_every_method_trains_what_it_declares(points):
   for method in ("lora", "adapters", "hyperformer", "polytropon"):
     assert counts[method] < 0.1 * total, (method, counts[method])
   assert counts["task_moe"] > total  # four upcycled copies of every FFN train
+
+
+def test_upcycled_task_moe_starts_as_the_dense_model():
+  """Sparse upcycling: every expert is a copy of MiniLM's FFN, so at initialization the
+  task-level MoE (straight-through top-1: forward weight 1) computes the dense model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  w = _module()
+  head = {"name": "classify", "num_classes": 3, "pooling": "mean"}
+  ffn = w.methods()["task_moe"]["config.model.ffn"]
+  fm_d, dense, _ = checkpoints.build_pretrained(
+      checkpoints.pretrained_model_config(seq_len=8, num_tasks=2, head=head))
+  fm_m, moe, _ = checkpoints.build_pretrained(
+      checkpoints.pretrained_model_config(seq_len=8, num_tasks=2, head=head, ffn=ffn))
+  flat_d, flat_m = flat_paths(dense), flat_paths(moe)
+  for i in range(6):
+    for k in ("w_in", "b_in", "w_out", "b_out"):
+      path = f"blocks/{i}/ffn/{k}"
+      experts, dense_w = np.asarray(flat_m[path]), np.asarray(flat_d[path])
+      assert experts.shape == (4,) + dense_w.shape
+      np.testing.assert_array_equal(experts, np.broadcast_to(dense_w, experts.shape))
+  # Same classifier on both; jax arrays, as training holds them (the import gives NumPy).
+  dense = jax.tree.map(jnp.asarray, dense)
+  moe = jax.tree.map(jnp.asarray, dict(moe, head=dense["head"]))
+  inputs = np.array([[101, 2054, 2003, 1037, 3899, 102, 0, 0],
+                     [101, 2204, 102, 2919, 102, 0, 0, 0]], np.int32)
+  batch = {"inputs": inputs, "task_id": np.array([0, 1], np.int32)}
+  got, _ = fm_m.apply(moe, batch)
+  want, _ = fm_d.apply(dense, batch)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  assert jax.tree.structure(moe["head"]) == jax.tree.structure(dense["head"])

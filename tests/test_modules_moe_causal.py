@@ -100,6 +100,7 @@ def test_moe_tiny_loss_ignores_padding_tail(moe_tiny):
 
 # ------------------------------------------------------------- causality, every filler
 TIGHT = {"capacity_factor": 0.5}  # tried on every filler; kept where it is an option
+REQUIRED = {"classify": {"num_classes": 3}}  # fillers with options that have no default
 SEQ, K = 12, 5  # sequence length; tokens after position K change
 
 
@@ -115,7 +116,7 @@ def _model(kind: str, name: str):
   adapter) and the tight-capacity token MoE in the FFN slot otherwise. The filler gets
   ``TIGHT`` if it takes those options."""
   for extra in (TIGHT, {}):
-    filler = dict(extra, name=name)
+    filler = dict(extra, name=name, **REQUIRED.get(name, {}))
     slot_cfgs = {"ffn": dict(TIGHT, name="moe")}
     if kind == "adapter":
       slot_cfgs.update(adapter_attn=filler, adapter_ffn=filler)
@@ -145,12 +146,16 @@ def test_changing_later_tokens_leaves_earlier_logits_unchanged(kind, name):
 
   @jax.jit
   def run(inputs):
-    logits, ctx = fm.apply(params, {"inputs": inputs, "task_id": task})
-    return logits, ctx.stats
+    logits, ctx = fm.apply(params, {"inputs": inputs, "task_id": task}, capture=True)
+    return logits, ctx.intermediates["final"], ctx.stats
 
-  (y0, stats), (y1, _) = jax.device_get((run(inputs), run(changed)))
-  assert not np.allclose(y0[:, K + 1:], y1[:, K + 1:])  # the change is seen later on
-  np.testing.assert_allclose(y1[:, :K + 1], y0[:, :K + 1], rtol=0, atol=1e-6)
+  (y0, h0, stats), (y1, h1, _) = jax.device_get((run(inputs), run(changed)))
+  # Per-position outputs: the logits [B, L, V]; a sequence-level head ([B, C], e.g. a
+  # classifier) has none, so its input, the final hidden states [B, L, d], is checked.
+  pairs = [(h0, h1)] + ([(y0, y1)] if y0.shape[:2] == inputs.shape else [])
+  for a, b in pairs:
+    assert not np.allclose(a[:, K + 1:], b[:, K + 1:])  # the change is seen later on
+    np.testing.assert_allclose(b[:, :K + 1], a[:, :K + 1], rtol=0, atol=1e-6)
   dropped = [float(v) for key, v in stats.items() if key.endswith("dropped_fraction")]
   assert dropped or kind == "ffn", stats.keys()  # the MoE FFN is in the model
   if dropped:  # a token router: its capacity really drops tokens here

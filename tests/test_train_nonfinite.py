@@ -86,7 +86,7 @@ def test_divergent_resume_keeps_every_good_checkpoint(tiny_config, tmp_path, act
   tiny_config.train.steps = 20
   loop.train(tiny_config, workdir)
   before = _listing(workdir)
-  assert sorted(before) == ["10", "20"]
+  assert sorted(before) == ["0", "10", "20"]  # 0: train.keep_step0
   tiny_config.train.steps = 40
   tiny_config.optim.learning_rate = 1e30
   tiny_config.train.on_nonfinite = action
@@ -114,7 +114,7 @@ def test_checkpoint_that_restores_non_finite_is_refused(tiny_config, tmp_path):
   tiny_config.train.steps = 20
   with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/15 holds non-finite"):
     loop.train(tiny_config, workdir)
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "15"]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0", "10", "15"]  # 0: keep_step0
 
 
 def _float_keys():

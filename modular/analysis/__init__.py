@@ -12,6 +12,10 @@ the tasks' evaluation data:
   routing_analysis(stats, T)                    usage, entropy, load, task clusters
   conflict_over_training(read_telemetry(run))   gradient cosines logged by surgery
   write_report(workdir, out_dir=None)           PNGs, metrics.json, index.html
+  noise_floor(scores)                           below it a head score is noise
+  gate(accuracy, chance)                        which tasks were learned
+  permutation_test(sim, declared_groups(names)) within- vs across-family similarity
+  seed_report.write_seed_report([A, B])         aggregate over seeds
 
 References:
   Michel et al. 2019; Merullo et al. 2023; Tan et al. 2024; Ye et al. 2022; Ponti et
@@ -22,6 +26,9 @@ from modular.analysis.ablation import AblationResult, ablation_matrices
 from modular.analysis.activations import ActivationStats, collect_activations
 from modular.analysis.analyze import Analysis, analyze_model
 from modular.analysis.batches import prepare_batches, synthetic_batches
+from modular.analysis.competence import Competence, gate
+from modular.analysis.groups import GroupTest, declared_groups, permutation_test
+from modular.analysis.noise import noise_floor
 from modular.analysis.head_importance import (HeadImportance, gradient_head_importance,
                                               per_example_gate_grads)
 from modular.analysis.head_reuse import HeadReuse, head_reuse, important_heads
@@ -34,7 +41,9 @@ from modular.analysis.telemetry import (conflict_over_training, conflict_summary
                                         read_telemetry, stats_over_training)
 
 __all__ = [
-    "AblationResult", "ActivationStats", "Analysis", "HeadImportance", "HeadReuse",
+    "AblationResult", "ActivationStats", "Analysis", "Competence", "GroupTest",
+    "HeadImportance", "HeadReuse", "declared_groups", "gate", "noise_floor",
+    "permutation_test",
     "NeuronSpecialization", "RoutingSummary", "ablation_matrices", "analyze_model",
     "collect_activations", "conflict_over_training", "conflict_summary",
     "gradient_head_importance", "head_reuse", "important_heads", "iou_matrix",

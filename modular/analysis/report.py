@@ -151,7 +151,8 @@ def _telemetry_figures(records: list[dict], names: list[str], out: str,
   """Routing statistics and gradient conflict logged during training.
 
   A route matrix equal to the one measured on the evaluation data (Polytropon's
-  allocation is a parameter, the same on any data) is not drawn a second time.
+  allocation is a parameter, the same on any data; the logged value averages the
+  last logging window, so "equal" allows 0.01 of drift) is not drawn a second time.
   """
   figs, metrics = [], {}
   eval_routing = eval_routing or {}
@@ -163,7 +164,7 @@ def _telemetry_figures(records: list[dict], names: list[str], out: str,
   for name, r in routing.items():
     safe = name.replace("/", "_")
     same = name in eval_routing and eval_routing[name].matrix.shape == r.matrix.shape and (
-        np.allclose(eval_routing[name].matrix, r.matrix, rtol=1e-4, atol=1e-6))
+        np.allclose(eval_routing[name].matrix, r.matrix, rtol=0.0, atol=0.01))
     metrics["routing_final_step"][name]["same_as_evaluation"] = bool(same)
     if not same:
       figs.append(("Routing (training telemetry)", f"{name} at the last logged step",

@@ -122,6 +122,7 @@ def sentence(r: ViewResult, seeds: int = 1) -> str:
     s += f"; {r.verdict}"
   if r.families is not None:
     s += f"; clustering recovers {r.families[0]} of {r.families[1]} families"
+    s += f" (summed over {seeds} seeds)" if seeds > 1 else ""
   if r.entropy_rho is not None and np.isfinite(r.entropy_rho[0]):
     rho = r.entropy_rho[0]
     warn = "WARNING: similarity tracks entropy" if rho >= ENTROPY_RHO else "entropy"

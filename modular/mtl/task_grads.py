@@ -94,7 +94,9 @@ def per_task_value_and_grad(fun: Callable[..., Any], *, has_aux: bool = False,
 
   Args:
     fun: ``fun(params, *args, **kwargs) -> losses [T]`` (or ``(losses, aux)``
-      with ``has_aux``); differentiated with respect to its first argument.
+      with ``has_aux``); differentiated with respect to its first argument only, so
+      parameters passed in ``args`` (the training step's frozen sub-dict) cost no
+      backward work and get no gradient.
     has_aux: whether ``fun`` returns ``(losses, aux)``.
     strategy: ``"vmap"`` (one batched backward pass), ``"unroll"`` (``T``
       backward passes sharing the forward residuals) or ``"auto"``.
