@@ -61,16 +61,12 @@ def ours(mode: str):
   c.data.tasks = ["copy"]  # one task; the batches below are classification batches
   c.data.seq_len = SEQ
   c.model.pretrained = hf_bert.DEFAULT
-  c.model.head.name = "classify"
-  c.model.head.num_classes = 2
+  c.model.head = {"name": "classify", "num_classes": 2}
   c.optim.learning_rate = LR
   c.optim.schedule = "constant"
   c.train.batch_size = BATCH
   if mode == "peft":
-    c.model.ffn.name = "lora"
-    c.model.ffn.rank = RANK
-    c.model.ffn.alpha = ALPHA
-    c.model.ffn.per_task = False
+    c.model.ffn = {"name": "lora", "rank": RANK, "alpha": ALPHA, "per_task": False}
     c.optim.freeze_pretrained = True
   run = loop.setup(c)
   state = {"s": run.init()}
