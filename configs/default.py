@@ -10,6 +10,8 @@ from modular.config import get_base_config
 
 
 def get_config(arg=None):
+  if arg not in (None, ""):
+    raise ValueError(f"configs/default.py: unknown argument {arg!r}; it takes none")
   c = get_base_config()
   c.name = "default"
   c.data.num_train = 20000

@@ -11,6 +11,8 @@ from modular.config import get_base_config
 
 
 def get_config(arg=None):
+  if arg not in (None, "", "tiny"):
+    raise ValueError(f"configs/quickstart.py: unknown argument {arg!r}; known: ('tiny',)")
   c = get_base_config()
   c.name = "quickstart"
   c.data.num_train = 4000

@@ -72,8 +72,10 @@ def test_write_report_from_run_folder(trained_run):
   assert len(m["summary"]) >= len(m["groups"]["views"])
   for name, ok in zip(m["tasks"], m["competence"]["competent"]):
     assert ok or any(name in s and "left out" in s for s in m["summary"])
+  assert isinstance(m["step"], int) and m["step"] > 0  # the trained checkpoint, stated on top
+  assert m["summary"][0] == f"checkpoint: step {m['step']}"
   timings = json.load(open(os.path.join(out, "timings.json")))
-  assert timings["total"] < 120
+  assert timings["total"] > 0  # speed is measured in bench/analysis.py, not here
 
 
 def test_report_numbers_match_in_memory_analysis(trained_run, tmp_path):

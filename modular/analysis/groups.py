@@ -74,19 +74,26 @@ def declared_groups(task_names: Sequence[str],
   Args:
     task_names: T names.
     groups: {group name: member task names} (default the built-in
-      ``TASK_FAMILIES``); members not among ``task_names`` are ignored.
+      ``TASK_FAMILIES``, whose members not among ``task_names`` are ignored).
+      Declared groups must name tasks of the run.
 
   Returns:
     [T] int labels; tasks in no group get labels of their own.
 
   Raises:
-    ValueError: when a task is declared in two groups.
+    ValueError: when a task is declared in two groups, or a declared group names a
+      task the run does not have.
   """
+  index = {n: i for i, n in enumerate(task_names)}
   if groups is None:
     from modular.data.tasks import TASK_FAMILIES  # pylint: disable=g-import-not-at-top
     groups = TASK_FAMILIES
+  else:
+    unknown = [m for members in groups.values() for m in members if m not in index]
+    if unknown:
+      raise ValueError(f"analysis.groups: no task named {', '.join(map(repr, unknown))} in "
+                       f"this run; its tasks: {', '.join(task_names)}")
   labels = -np.ones(len(task_names), int)
-  index = {n: i for i, n in enumerate(task_names)}
   for g, (name, members) in enumerate(groups.items()):
     for m in members:
       if m in index:

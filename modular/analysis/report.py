@@ -263,6 +263,7 @@ class RunAnalysis:
     control: the step-0 model's ``Analysis`` (None without a step-0 checkpoint).
     records: telemetry records.
     groups: {group: tasks} declared (None: the built-in families).
+    step: the analyzed checkpoint's step.
   """
 
   workdir: str
@@ -270,6 +271,7 @@ class RunAnalysis:
   control: Analysis | None
   records: list[dict]
   groups: dict | None = None
+  step: int | None = None
 
 
 def group_results(a: Analysis, records: list[dict] | None = None,
@@ -298,7 +300,7 @@ def group_results(a: Analysis, records: list[dict] | None = None,
 
 def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
                    title: str = "modular analysis", control: Analysis | None = None,
-                   groups: dict | None = None) -> str:
+                   groups: dict | None = None, step: int | None = None) -> str:
   """Writes the figures, metrics.json and index.html of an in-memory analysis.
 
   Args:
@@ -308,12 +310,16 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
     title: page title.
     control: the same analysis of the untrained (step-0) model.
     groups: {group name: tasks} declared (default the built-in families).
+    step: the checkpoint step analyzed (stated at the top of the summary).
 
   Returns:
     The report folder.
   """
   os.makedirs(out_dir, exist_ok=True)
   views, results, lines, labels = group_results(a, records, control, groups)
+  if step is not None:
+    lines = [f"checkpoint: step {step}" + (" (the untrained initialization: nothing "
+                                          "here was learned)" if step == 0 else "")] + lines
   figs = _figures(a, out_dir, views)
   metrics = analysis_metrics(a)
   if records:
@@ -321,6 +327,7 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
     figs += tfigs
     metrics.update(tmetrics)
   metrics["summary"] = lines
+  metrics["step"] = step
   metrics["groups"] = to_jsonable({"labels": labels, "views": results})
   comp = []
   if a.competence is not None:
@@ -379,10 +386,11 @@ def analyze_run(workdir: str, step: int | None = None, *, control: bool = True,
   a = analyze_model(fm, params, eval_batches, names, **opts)
   c = None
   steps = ckpt_lib.Checkpointer(workdir, async_save=False).all_steps()
-  if control and 0 in steps and (step if step is not None else max(steps)) != 0:
+  step = step if step is not None else max(steps)
+  if control and 0 in steps and step != 0:
     _, fm0, params0 = ckpt_lib.load_for_analysis(workdir, 0)
     c = analyze_model(fm0, params0, eval_batches, names, **opts)
-  return RunAnalysis(workdir, a, c, records, groups)
+  return RunAnalysis(workdir, a, c, records, groups, step)
 
 
 def write_report(workdir: str, out_dir: str | None = None, *, step: int | None = None,
@@ -433,7 +441,8 @@ def write_report(workdir: str, out_dir: str | None = None, *, step: int | None =
       json.dump(metrics, f)
     _index(out_dir, title, figs, {"note": "No checkpoint: training telemetry only."})
     return out_dir
-  write_analysis(run.analysis, out_dir, run.records, title, run.control, run.groups)
+  write_analysis(run.analysis, out_dir, run.records, f"{title} (step {run.step})",
+                 run.control, run.groups, run.step)
   run.analysis.timings["total"] = time.perf_counter() - t0
   with open(os.path.join(out_dir, "timings.json"), "w") as f:
     json.dump(run.analysis.timings, f, indent=2)

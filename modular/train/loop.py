@@ -209,6 +209,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     NonfiniteError: a non-finite step (``train.on_nonfinite``).
   """
   cfg = ml_collections.ConfigDict(cfg.to_dict())  # never mutate the caller's config
+  _check_workdir(workdir)
   run = setup(cfg, devices)
   lock = None
   if jax.process_index() == 0 and filelock.is_local(workdir):
@@ -220,6 +221,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
   finally:
     if lock is not None:
       lock.release()
+
+
+def _check_workdir(workdir: str) -> None:
+  """ValueError if ``workdir`` (or a folder above it) is an existing file."""
+  if not filelock.is_local(workdir):
+    return
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ValueError(f"--workdir {workdir}: {path} is a file, not a folder")
 
 
 def _train(run: Run, workdir: str, stop_at: int | None,
@@ -254,7 +266,7 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   log_lib.prime(writer, workdir, start)
   watch = NonfiniteWatch(cfg.train.on_nonfinite, cfg.train.max_consecutive_skips, workdir)
-  watch.last_saved = start if start else None
+  watch.last_saved = start if (start or cfg.train.keep_step0) else None  # step 0 kept
   block = _blocking(cfg)
   end = max(start, cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps))
   progress = _progress(cfg, start, end, lead)

@@ -1,0 +1,49 @@
+"""Mistakes a new user made, each answered by one error naming the bad value.
+
+Found by trying the README as a new user: a misspelt config argument started a
+2000-step run, a --workdir that is a file gave a traceback, and analysis groups
+naming a task the run lacks were dropped without a word.
+"""
+
+import os
+
+import pytest
+
+from modular.analysis.groups import declared_groups
+from modular.overrides import load_config_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(os.path.dirname(HERE), "configs")
+
+
+@pytest.mark.parametrize("name,arg", [("quickstart.py", "bogus"), ("quickstart.py", "Tiny"),
+                                      ("default.py", "tiny")])
+def test_unknown_config_argument_is_an_error(name, arg):
+  with pytest.raises(ValueError, match=f"unknown argument '{arg}'"):
+    load_config_file(os.path.join(CONFIGS, f"{name}:{arg}"))
+
+
+def test_every_shipped_config_refuses_an_unknown_argument():
+  for name in sorted(os.listdir(CONFIGS)):
+    if name.endswith(".py"):
+      with pytest.raises(ValueError, match="unknown argument 'nosuch'"):
+        load_config_file(os.path.join(CONFIGS, f"{name}:nosuch"))
+
+
+@pytest.mark.parametrize("sub", ["", "inner"])
+def test_workdir_that_is_a_file_is_one_error(tmp_path, sub):
+  from modular.train import loop
+  afile = tmp_path / "afile"
+  afile.write_text("keep me")
+  cfg = load_config_file(os.path.join(CONFIGS, "quickstart.py:tiny"))
+  workdir = str(afile / sub) if sub else str(afile)
+  with pytest.raises(ValueError, match="is a file, not a folder"):
+    loop.train(cfg, workdir)
+  assert afile.read_text() == "keep me"
+
+
+def test_declared_group_naming_an_unknown_task_is_an_error():
+  names = ["copy", "reverse", "sort"]
+  with pytest.raises(ValueError, match="no task named 'nosuch'.*copy, reverse, sort"):
+    declared_groups(names, {"g0": ["copy", "reverse"], "g1": ["nosuch"]})
+  assert declared_groups(names, {"g0": ["copy", "reverse"]}).tolist() == [0, 0, 1]
