@@ -17,6 +17,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.slow  # an integration test: CI runs it; -m "not slow" skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 

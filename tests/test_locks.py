@@ -21,6 +21,8 @@ import pytest
 from modular import filelock
 from modular.train import loop
 
+pytestmark = pytest.mark.slow  # an integration test: CI runs it; -m "not slow" skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 READ_DATA = textwrap.dedent("""

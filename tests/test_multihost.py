@@ -26,8 +26,11 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from modular.train import checkpoint as ckpt_lib
+
+pytestmark = pytest.mark.slow  # an integration test: CI runs it; -m "not slow" skips it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12

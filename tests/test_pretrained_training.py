@@ -13,6 +13,8 @@ from modular.overrides import load_config_file
 from modular.paths import flat_paths
 from modular.train import loop
 
+pytestmark = pytest.mark.slow  # an integration test: CI runs it; -m "not slow" skips it
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

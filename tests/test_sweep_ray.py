@@ -29,7 +29,7 @@ from modular.paths import flat_paths  # noqa: E402
 from modular.train import checkpoint as ckpt_lib  # noqa: E402
 
 # Each trial compiles on a 2-core machine: minutes in all, longer when the machine is shared.
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.slow]  # CI runs it; -m "not slow" skips it
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40

@@ -20,6 +20,8 @@ from modular.train import logs
 from modular.train import loop
 from modular.train import resume
 
+pytestmark = pytest.mark.slow  # an integration test: CI runs it; -m "not slow" skips it
+
 
 def _snapshot(workdir):
   out = {}
