@@ -152,6 +152,9 @@ def sweep_main(argv: list[str] | None = None) -> None:
   g.add_argument("--tpu-slice", default=None,
                  help="one trial per TPU slice of this type (v4-16), one process per host")
   args = p.parse_args(rest)
+  if not os.path.isfile(args.experiment.rsplit(":", 1)[0] if not os.path.exists(
+      args.experiment) else args.experiment):
+    _fail(f"--experiment: no experiment file at {args.experiment}")
   from modular import experiments
   executor = None
   try:

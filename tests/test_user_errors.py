@@ -47,3 +47,12 @@ def test_declared_group_naming_an_unknown_task_is_an_error():
   with pytest.raises(ValueError, match="no task named 'nosuch'.*copy, reverse, sort"):
     declared_groups(names, {"g0": ["copy", "reverse"], "g1": ["nosuch"]})
   assert declared_groups(names, {"g0": ["copy", "reverse"]}).tolist() == [0, 0, 1]
+
+
+def test_sweep_names_the_missing_experiment_flag(capsys):
+  from modular import cli
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", "experiments/nosuch.py", "--workdir", "/tmp/unused_sweep"])
+  assert e.value.code == 2
+  assert "--experiment: no experiment file at experiments/nosuch.py" in capsys.readouterr().err
+  assert not os.path.exists("/tmp/unused_sweep")
