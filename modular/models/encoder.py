@@ -38,7 +38,7 @@ from flax import nnx
 from modular.models.attention import gate_heads
 from modular.models.context import Context
 from modular.models.slots import build_slot, param
-from modular.models.transformer import LayerNorm, slot_args
+from modular.models.transformer import LayerNorm, dropout, slot_args
 
 INIT_STD = 0.02  # BERT's initializer_range, for weights trained from scratch
 
@@ -108,10 +108,7 @@ class EncoderBlock(nnx.Module):
     self.dropout = float(cfg.dropout)
 
   def _drop(self, x: jax.Array, ctx: Context, name: str) -> jax.Array:
-    if self.dropout == 0.0 or ctx.deterministic:
-      return x
-    keep = jax.random.bernoulli(ctx.key(name), 1.0 - self.dropout, x.shape)
-    return jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+    return dropout(x, self.dropout, ctx, name)
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d]
     a = self._drop(self.attn(x, ctx.at(position="attn")), ctx, "drop_attn")

@@ -41,6 +41,14 @@ class LayerNorm(nnx.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
 
 
+def dropout(x: jax.Array, rate: float, ctx: Context, name: str) -> jax.Array:
+  """Inverted dropout of a sublayer output at ``rate``; the identity when deterministic."""
+  if rate == 0.0 or ctx.deterministic:
+    return x
+  keep = jax.random.bernoulli(ctx.key(name), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
 def slot_args(cfg: ml_collections.ConfigDict, layer: int, position: str, shared) -> SlotArgs:
   """The sizes a slot builder sees, from the model config."""
   return SlotArgs(
@@ -65,10 +73,7 @@ class StandardBlock(nnx.Module):
     self.dropout = float(cfg.dropout)
 
   def _drop(self, x: jax.Array, ctx: Context, name: str) -> jax.Array:
-    if self.dropout == 0.0 or ctx.deterministic:
-      return x
-    keep = jax.random.bernoulli(ctx.key(name), 1.0 - self.dropout, x.shape)
-    return jnp.where(keep, x / (1.0 - self.dropout), 0.0)
+    return dropout(x, self.dropout, ctx, name)
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d]
     x = x + self._drop(self.attn(self.ln_attn(x), ctx.at(position="attn")), ctx, "drop_attn")
