@@ -70,8 +70,12 @@ def train_main(argv: list[str] | None = None) -> None:
   except (ValueError, FileNotFoundError, ckpt_lib.CheckpointError, loop.NonfiniteError,
           filelock.LockHeldError) as e:
     _fail(str(e))
-  print(f"done: {summary['end_step']} steps in {args.workdir} "
-        f"({summary['steps_per_s'] or 0:.1f} steps/s)")
+  if summary["end_step"] == summary["start_step"]:  # a finished run launched again
+    print(f"done: {args.workdir} had already finished at step {summary['end_step']}; "
+          "nothing was trained (its final evaluation is above)")
+  else:
+    print(f"done: steps {summary['start_step']}-{summary['end_step']} in {args.workdir} "
+          f"({summary['steps_per_s'] or 0:.1f} steps/s)")
 
 
 def analyze_main(argv: list[str] | None = None) -> None:

@@ -46,7 +46,7 @@ def test_points_cover_every_method_and_mtl_method(points):
     assert p.cfg.data.wordnet == w.TASKS and p.cfg.data.tasks == []
     assert p.cfg.train.steps == 4 and p.cfg.data.seq_len == 16  # the :ci budget
   full = expand(EXPERIMENT)[0].cfg
-  assert (full.data.seq_len, full.train.batch_size, full.train.steps) == (32, 16, 120)
+  assert (full.data.seq_len, full.train.batch_size, full.train.steps) == (32, 16, 300)
 
 
 def test_baselines_train_one_task_each(points):

@@ -120,3 +120,22 @@ def test_run_folder_from_an_older_version_still_loads(tiny_config, tmp_path):
   cfg = load_config(str(tmp_path))
   assert cfg.data.prompt_width == 0 and cfg.train.init_from == ""
   assert cfg.train.steps == 2
+
+
+def test_cli_says_a_relaunched_finished_run_trained_nothing(data_dir, tmp_path, capsys):
+  """The second launch reuses the final evaluation and reports no (old) steps/s."""
+  from modular import cli
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  argv = ["--config", os.path.join(root, "configs", "quickstart.py") + ":tiny",
+          "--workdir", str(tmp_path / "run"), "--config.train.steps=3",
+          f"--config.data.data_dir={data_dir}", "--config.train.progress=False"]
+  cli.train_main(argv)
+  first = capsys.readouterr().out.strip().splitlines()
+  assert first[-1].startswith(f"done: steps 0-3 in {tmp_path / 'run'} (")
+  cli.train_main(argv)
+  again = capsys.readouterr().out.strip().splitlines()
+  assert "had already finished at step 3; nothing was trained" in again[-1]
+  assert "steps/s" not in again[-1]
+  table = [l for l in again if l.split() and l.split()[0] in json.load(
+      open(tmp_path / "run" / "summary.json"))["tasks"]]
+  assert table and table == [l for l in first if l in table]  # same final table

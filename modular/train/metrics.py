@@ -28,14 +28,21 @@ except ImportError:  # pragma: no cover - tensorboardX is a dependency
 
 
 def _mean_over_window(stacked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Averages [steps, ...] metrics; per-task metrics weighted by presence."""
+  """Averages [steps, ...] metrics; per-task metrics weighted by presence.
+
+  A task absent from every step of the window has NaN for its per-task metrics (not
+  measured, rather than a loss of 0): null in telemetry, left out of TensorBoard, "-"
+  in the summary table.
+  """
   out = {}
   present = stacked.get("task/present")
   for k, v in stacked.items():
     if k.startswith("task/") and present is not None and k not in (
         "task/present", "task/tokens", "task/examples"):
       w = present
-      out[k] = (v * w).sum(0) / np.maximum(w.sum(0), 1.0)
+      seen = w.sum(0)
+      mean = (v * w).sum(0) / np.maximum(seen, 1.0)
+      out[k] = np.where(seen > 0, mean, np.nan) if mean.shape == seen.shape else mean
     else:
       out[k] = v.mean(0)
   return out
@@ -62,6 +69,11 @@ class MetricsWriter:
     self.last_train: dict[str, np.ndarray] = {}
     self.last_eval: dict[str, dict[str, float]] = {}
 
+  def _scalar(self, tag: str, value: float, step: int) -> None:
+    """One TensorBoard scalar; a non-finite one is left out (telemetry has it as null)."""
+    if self.tb is not None and np.isfinite(value):
+      self.tb.add_scalar(tag, value, step)
+
   def _append(self, name: str, record: dict) -> None:
     with open(os.path.join(self.workdir, name), "a") as f:
       f.write(logs.dumps(record) + "\n")
@@ -84,15 +96,13 @@ class MetricsWriter:
         record["train"][name] = v.tolist()
         if self.tb is not None and name not in ("present", "tokens", "examples"):
           for t, task in enumerate(self.task_names):
-            self.tb.add_scalar(f"train/{name}/{task}", float(v[t]), step)
+            self._scalar(f"train/{name}/{task}", float(v[t]), step)
       elif group in ("aux", "stats", "mtl"):
         record[group][name] = np.asarray(v).tolist()
-        if self.tb is not None:
-          self.tb.add_scalar(f"{group}/{name}", float(np.mean(v)), step)
+        self._scalar(f"{group}/{name}", float(np.mean(v)), step)
       else:
         record[k] = float(v)
-        if self.tb is not None:
-          self.tb.add_scalar(f"train/{k}", float(v), step)
+        self._scalar(f"train/{k}", float(v), step)
     self._append("telemetry.jsonl", record)
     return mean
 
@@ -109,8 +119,8 @@ class MetricsWriter:
       if self.tb is not None:
         for m, per_task in result.items():
           for task, value in per_task.items():
-            self.tb.add_scalar(f"eval/{m}/{task}", value, step)
-          self.tb.add_scalar(f"eval/{m}/mean", float(np.mean(list(per_task.values()))), step)
+            self._scalar(f"eval/{m}/{task}", value, step)
+          self._scalar(f"eval/{m}/mean", float(np.mean(list(per_task.values()))), step)
         self.tb.flush()
       self._append("eval.jsonl", {"step": step, "eval": result})
     return result
@@ -124,7 +134,12 @@ class MetricsWriter:
     ta = self.last_train.get("task/accuracy")
     for t, task in enumerate(self.task_names):
       row = f"{task:<14}"
-      row += f"{tl[t]:>11.4f}{ta[t]:>10.3f}" if tl is not None else f"{'':>21}"
+      if tl is None:
+        row += f"{'':>21}"
+      elif not np.isfinite(tl[t]):  # absent from the last training window
+        row += f"{'-':>11}{'-':>10}"
+      else:
+        row += f"{tl[t]:>11.4f}{ta[t]:>10.3f}"
       if self.last_eval:
         row += (f"{self.last_eval['loss'][task]:>10.4f}{self.last_eval['accuracy'][task]:>9.3f}"
                 f"{self.last_eval['seq_accuracy'][task]:>9.3f}")
