@@ -72,3 +72,8 @@ class CRMOGM(Method):
     lam = jnp.where(jnp.isfinite(lam), lam, state.weights)
     new = CRMOGMState(base_state, lam, state.started | jnp.any(present > 0))
     return jnp.diag(lam), new, {f"base_{k}": v for k, v in extra.items()}
+
+  def weight_bounds(self, num_tasks):
+    """An EMA of the base's weights and of 0 (steps where a task was absent)."""
+    low, high = self._base.weight_bounds(num_tasks)
+    return min(0.0, low), max(0.0, high)

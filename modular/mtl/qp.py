@@ -74,10 +74,17 @@ def project_simplex(v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     mask: ``[T]`` bool; entries outside are set to 0 (default: all in).
 
   Returns:
-    ``[T]`` nonnegative, summing to 1 over the mask.
+    ``[T]`` nonnegative, summing to 1 over the mask (all 0 for an empty mask).
+
+  The projection commutes with adding a constant to every entry, so ``v`` is first
+  shifted to a masked maximum of 0: without the shift, entries of magnitude 1e9 and
+  more (a MoCo step on gradients of norm 1e9) lost the ``- 1`` of the threshold to
+  float32 rounding and came back all 0 or summing to 2.
   """
   if mask is None:
     mask = jnp.ones(v.shape, bool)
+  top = jnp.max(jnp.where(mask, v, -jnp.inf))
+  v = v - jnp.where(jnp.isfinite(top), top, 0.0)
   big = jnp.where(mask, v, -jnp.inf)
   s = jnp.sort(big)[::-1]                                   # descending, masked last
   s_fin = jnp.where(jnp.isfinite(s), s, 0.0)

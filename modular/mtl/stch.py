@@ -55,6 +55,12 @@ class STCH(Weighting):
   log_losses: bool = option(False)
   eps: float = option(1e-8, greater(0.0))
 
+
+  def weight_bounds(self, num_tasks):
+    """A softmax: [0, 1]; with ``log_losses`` divided by ``L_t`` (unbounded above)."""
+    del num_tasks
+    return 0.0, float("inf") if self.log_losses else 1.0
+
   def init(self, params):
     del params
     return LastLosses(jnp.ones((self._require_num_tasks(),), jnp.float32))
