@@ -153,7 +153,8 @@ def apply_override(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None
   node = cfg
   for i, part in enumerate(parts[:-1]):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise ValueError(f"config.{'.'.join(parts[:i + 1])}: unknown key")
+      known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+      raise ValueError(f"config.{'.'.join(parts[:i + 1])}: unknown key; known here: {known}")
     node = node[part]
   leaf = parts[-1]
   if isinstance(node, ml_collections.ConfigDict) and leaf not in node and parts[-2:-1] == ["options"]:

@@ -14,6 +14,8 @@ def test_unknown_key_is_named():
   cfg = config_lib.get_base_config()
   with pytest.raises(ValueError, match=r"config.train.stepz: unknown key"):
     apply_override(cfg, "train.stepz", "10")
+  with pytest.raises(ValueError, match=r"^config\.trian: unknown key; known here: .*\btrain\b"):
+    apply_override(cfg, "trian.steps", "10")  # a typo in the section lists the sections
 
 
 def test_wrong_type_is_named():

@@ -271,9 +271,9 @@ def test_classification_batches_through_the_mixture(data_dir):
 
 @pytest.mark.parametrize("change, match", [
     ({"tasks": ["copy"]}, "cannot share a run with next-token tasks"),
-    ({"wordnet": "def_pos,nope"}, "unknown task 'nope'"),
+    ({"wordnet": "def_pos,nope"}, r"^config\.data\.wordnet: unknown task 'nope'"),
     ({"tokenizer": 3}, "expected a checkpoint name or folder"),
-    ({"seq_len": 3}, "'seq_len'"),
+    ({"seq_len": 3}, r"^config\.data\.seq_len: "),
 ])
 def test_config_errors_name_the_key(data_dir, change, match):
   cfg = _cfg(data_dir, **change)

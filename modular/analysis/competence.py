@@ -134,6 +134,6 @@ def competence_lines(c: Competence, task_names: Sequence[str]) -> list[str]:
   for t, name in enumerate(task_names):
     eff = ", ".join(f"largest {k} {float(v[t]):.3g}" for k, v in c.largest_effect.items())
     verdict = "learned" if c.competent[t] else "AT CHANCE: left out of reuse statistics"
-    lines.append(f"{name}: accuracy {c.accuracy[t]:.3f} vs chance {c.chance[t]:.3f} "
-                 f"({verdict}); {eff}")
+    lines.append(f"{name}: accuracy {c.accuracy[t]:.3f} vs chance (the majority answer) "
+                 f"{c.chance[t]:.3f} ({verdict}); {eff}")
   return lines

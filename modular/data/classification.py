@@ -34,7 +34,7 @@ PAD_ID = 0  # [PAD] in BERT-family vocabularies
 
 
 def _error(key: str, message: str) -> ValueError:
-  return ValueError(f"data config key '{key}': {message}")
+  return ValueError(f"config.data.{key}: {message}")
 
 
 def wordnet_task_names(cfg: Any) -> list[str]:
@@ -138,7 +138,7 @@ def encode_example(record: dict[str, Any], task_index: int, *,
   n = len(ids)
   if n > seq_len:
     raise ValueError(f"task {task_index}: a stored example has {n} tokens, more than "
-                     f"data config key 'seq_len' = {seq_len}")
+                     f"config.data.seq_len = {seq_len}")
   inputs = np.full(seq_len, PAD_ID, np.int32)
   types = np.zeros(seq_len, np.int32)
   inputs[:n] = ids

@@ -59,7 +59,7 @@ def encode_example(prompt: np.ndarray, answer: np.ndarray, task_index: int, *,
   if prompt_width:
     if prompt_len > prompt_width:
       raise ValueError(f"task {task_name or task_index!r}: prompt of {prompt_len} symbols is "
-                       f"longer than data config key 'prompt_width' = {prompt_width}")
+                       f"longer than config.data.prompt_width = {prompt_width}")
     pad = np.full(prompt_width - prompt_len, vocab.PAD_ID, body.dtype)
     body = np.concatenate([pad, body])
     prompt_len = prompt_width
@@ -68,7 +68,7 @@ def encode_example(prompt: np.ndarray, answer: np.ndarray, task_index: int, *,
     raise ValueError(
         f"task {task_name or task_index!r}: example with prompt {prompt_len} + answer "
         f"{answer_len} symbols needs {n} tokens, more than seq_len + 1 = {seq_len + 1}; "
-        f"raise data config key 'seq_len' to >= {n - 1} or shorten the example")
+        f"raise config.data.seq_len to >= {n - 1} or shorten the example")
   seq = np.full(seq_len + 1, vocab.PAD_ID, np.int32)  # [L + 1]
   seq[0] = vocab.task_token(task_index)
   seq[1:1 + prompt_len] = body[:prompt_len]

@@ -93,7 +93,7 @@ def tokenizer_file(tokenizer: str) -> str:
     folder = checkpoint_dir(tokenizer)
   path = os.path.join(folder, "tokenizer.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"data config key 'tokenizer': {folder} has no tokenizer.json")
+    raise FileNotFoundError(f"config.data.tokenizer: {folder} has no tokenizer.json")
   return path
 
 
