@@ -133,7 +133,7 @@ def expand(experiment: str, arg: str | None = None,
     ValueError: one line naming the experiment, the point and the bad key, before
       anything runs; also for two points with the same folder name.
   """
-  base = load_config_file(experiment, arg)
+  base = load_config_file(experiment, arg, flag="--experiment")
   for k, v in (overrides or {}).items():
     apply_override(base, k, v)
   module = load_experiment(experiment)
@@ -157,7 +157,7 @@ def expand_baselines(experiment: str, arg: str | None = None,
   module = load_experiment(experiment)
   if not hasattr(module, "get_baselines"):
     return []
-  base = load_config_file(experiment, arg)
+  base = load_config_file(experiment, arg, flag="--experiment")
   for k, v in (overrides or {}).items():
     apply_override(base, k, v)
   points = _points(experiment, base, module.get_baselines(hyper), "get_baselines",
