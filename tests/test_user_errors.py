@@ -75,3 +75,16 @@ def test_sweep_labels_experiment_file_errors_with_its_flag(tmp_path, capsys, tex
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: --experiment: ") and want in err[0], err
   assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_workdir_that_is_a_file_is_one_error(tmp_path, capsys):
+  from modular import cli
+  afile = tmp_path / "afile"
+  afile.write_text("keep me")
+  exp = os.path.join(os.path.dirname(HERE), "experiments", "mixture_ablation.py")
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", exp, "--workdir", str(afile)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"error: --workdir {afile}: {afile} is a file, not a folder"], err
+  assert afile.read_text() == "keep me"

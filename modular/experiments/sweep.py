@@ -61,8 +61,11 @@ def run_sweep(experiment: str, workdir: str, *, arg: str | None = None,
     runs keep their row (status "failed") and their error is listed below the table.
 
   Raises:
-    ValueError: one line naming the first bad point, before any run starts.
+    ValueError: one line, before any run starts and before anything in ``workdir``
+      changes: ``workdir`` is a file, or a point is bad (the first is named).
   """
+  from modular.train.loop import check_workdir  # pylint: disable=g-import-not-at-top
+  check_workdir(workdir)
   executor = executor or LocalExecutor()
   points = spec_lib.expand(experiment, arg, overrides)
   baselines = spec_lib.expand_baselines(experiment, arg, overrides)
