@@ -2,6 +2,8 @@
 
   modular-sweep --experiment experiments/wordnet_peft.py --workdir runs/wordnet_peft
   modular-sweep --experiment experiments/wordnet_peft.py:ci --workdir /tmp/wordnet_ci
+  python experiments/wordnet_peft.py runs/wordnet_peft      # the results table
+  python experiments/wordnet_peft.py /tmp/wordnet_ci ci     # that of the :ci sweep
 
 MiniLM (all-MiniLM-L6-v2, imported from its wheel) on the four WordNet tasks
 (``modular.data.builders.wordnet``: definition -> supersense, definition -> part of
@@ -30,7 +32,11 @@ length 16 and 32 held-out examples per task.
 
 ``trainable_parameters(cfg)`` counts what a run trains; ``python
 experiments/wordnet_peft.py runs/wordnet_peft`` prints the README's table (per-task
-accuracy, trainable parameters, Δm on accuracy over the single-task baselines).
+accuracy, trainable parameters, Δm on accuracy over the single-task baselines) and
+``python experiments/wordnet_peft.py /tmp/wordnet_ci ci`` that of a ``--arg ci``
+sweep (the argument is the sweep's). When no run of the folder counts as finished
+for the argument given, a line below the table says which argument its run folders
+were made with, if one of ``ARGS`` made them.
 
 References:
   Hu et al. 2022 (LoRA); Houlsby et al. 2019 (adapters); Karimi Mahabadi et al. 2021
@@ -50,6 +56,7 @@ TASKS = ["def_pos", "def_supersense", "example_supersense", "relation"]
 MTL_METHODS = ("mean", "pcgrad")
 BACKBONE_LR = 0.05  # full fine-tuning and upcycled experts: 5e-5 with the base 1e-3
 IMPORTED = r"^(embed|pos_embed|type_embed|ln_embed/.*|blocks/\d+/.*)$"
+ARGS = (None, "ci")  # the arguments get_config knows
 
 
 def methods() -> dict[str, dict]:
@@ -92,7 +99,7 @@ def methods() -> dict[str, dict]:
 
 def get_config(arg=None):
   """MiniLM on the four WordNet tasks; ``arg`` "ci" shrinks it for tests."""
-  if arg not in (None, "", "ci"):
+  if arg not in ARGS + ("",):
     raise ValueError(f"experiments/wordnet_peft.py: unknown argument {arg!r}; known: ci")
   c = get_base_config()
   c.name = "wordnet_peft"
@@ -165,7 +172,7 @@ def trainable_parameters(cfg) -> int:
              if not any(re.search(p, path) for p in frozen))
 
 
-def table(workdir: str) -> str:
+def table(workdir: str, arg: str | None = None) -> str:
   """The README's table from a sweep folder (finished runs; the others stay empty).
 
   One row per point and baseline: per-task held-out accuracy (the run's
@@ -176,14 +183,19 @@ def table(workdir: str) -> str:
 
   Args:
     workdir: the ``modular-sweep`` folder of this experiment.
+    arg: the experiment argument the sweep was run with (``--arg ci``: "ci").
 
   Returns:
-    A Markdown table.
+    A Markdown table; when no row is finished but run folders exist, one more line
+    below it says what made them (``made_with``).
+
+  Raises:
+    ValueError: an argument not in ``ARGS``.
   """
   import os  # pylint: disable=g-import-not-at-top
   from modular.experiments import delta_m, expand, expand_baselines  # pylint: disable=g-import-not-at-top
   from modular.experiments.results import finished_summary  # pylint: disable=g-import-not-at-top
-  points, baselines = expand(__file__), expand_baselines(__file__)
+  points, baselines = expand(__file__, arg), expand_baselines(__file__, arg)
   acc = {}
   for p in points + baselines:
     summary = finished_summary(os.path.join(workdir, p.name), p.cfg)
@@ -202,9 +214,64 @@ def table(workdir: str) -> str:
     name = p.name if acc[p.name] else f"{p.name} (not run)"
     lines.append(f"| {name} | " + " | ".join(cells) +
                  f" | {mean} | {trainable_parameters(p.cfg):,} | {dm} |")
+  if not any(acc.values()):
+    note = made_with(workdir, arg)
+    if note:
+      lines += ["", note]
   return "\n".join(lines)
+
+
+def made_with(workdir: str, arg: str | None = None) -> str | None:
+  """One line on which argument made the run folders of ``workdir``.
+
+  The first run folder with a ``config.json`` is compared with the same point under
+  each of ``ARGS`` as a resume would compare it (``resume.differences``, derived
+  sizes filled).
+
+  Args:
+    workdir: the sweep folder.
+    arg: the argument the table was asked for.
+
+  Returns:
+    None if no run folder of this experiment is there; else a line naming the
+    argument that made the folders (and the command that prints their table), or
+    saying that ``arg`` made them but none reached its last step, or that another
+    config (another experiment, or ``--config.x`` overrides) made them.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from modular import config as config_lib  # pylint: disable=g-import-not-at-top
+  from modular.experiments import expand, expand_baselines  # pylint: disable=g-import-not-at-top
+  from modular.train import checkpoint, resume  # pylint: disable=g-import-not-at-top
+  names = [p.name for p in expand(__file__, arg) + expand_baselines(__file__, arg)]
+  found = [n for n in names if os.path.exists(os.path.join(workdir, n, "config.json"))]
+  if not found:
+    return None
+  saved = checkpoint.load_config(os.path.join(workdir, found[0]))
+  for other in ARGS:
+    point = {p.name: p for p in expand(__file__, other) + expand_baselines(__file__, other)
+             }.get(found[0])
+    if point is None:
+      continue
+    cfg = config_lib.fill_derived(ml_collections.ConfigDict(point.cfg.to_dict()))
+    if resume.differences(saved, cfg):
+      continue
+    if other == arg:
+      return (f"note: {len(found)} run folder(s) in {workdir} were made with this argument, "
+              f"but none reached its last step ({point.cfg.train.steps}) yet")
+    command = " ".join(["python experiments/wordnet_peft.py", workdir] + [other or ""]).strip()
+    return (f"note: the run folders in {workdir} were made with "
+            f"{'no argument' if other is None else f'the argument {other!r}'}: {command}")
+  known = " or ".join("no argument" if a is None else repr(a) for a in ARGS)
+  return (f"note: the run folders in {workdir} were made by another config than this "
+          f"experiment's with {known} (see {os.path.join(workdir, found[0], 'config.json')})")
 
 
 if __name__ == "__main__":
   import sys  # pylint: disable=g-import-not-at-top
-  print(table(sys.argv[1] if len(sys.argv) > 1 else "runs/wordnet_peft"))
+  try:
+    print(table(sys.argv[1] if len(sys.argv) > 1 else "runs/wordnet_peft",
+                sys.argv[2] if len(sys.argv) > 2 else None))
+  except ValueError as e:  # an unknown argument: one line, as modular-sweep says it
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None

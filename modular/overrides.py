@@ -18,7 +18,8 @@ from typing import Any
 import ml_collections
 
 
-def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+def load_config_file(path: str, arg: str | None = None, *,
+                     flag: str = "--config") -> ml_collections.ConfigDict:
   """Loads ``get_config(arg)`` from a Python config file.
 
   The base config (``modular.config.get_base_config``) is locked, so a typo in a config
@@ -27,12 +28,15 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   Args:
     path: "configs/quickstart.py" or "configs/quickstart.py:arg".
     arg: the argument for ``get_config`` (overrides one given after a colon).
+    flag: the command-line flag that named the file, which labels the errors
+      (``modular-sweep`` loads its experiment file with "--experiment").
 
   Returns:
     The ConfigDict the file builds.
 
   Raises:
-    ValueError: one line for a missing file, a folder, a syntax error, an unknown key or
+    FileNotFoundError: ``<flag>: no config file at <path>``.
+    ValueError: one line for a folder, a syntax error, an unknown key or
       a wrong type in the file (``config.<section>.<key>: ...``), or any other error
       raised by the file (its line is named).
   """
@@ -40,9 +44,9 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
     path, file_arg = path.rsplit(":", 1)
     arg = arg if arg is not None else file_arg
   if not os.path.exists(path):
-    raise FileNotFoundError(f"--config: no config file at {path}")
+    raise FileNotFoundError(f"{flag}: no config file at {path}")
   if os.path.isdir(path):
-    raise ValueError(f"--config: {path} is a folder; give a config file such as "
+    raise ValueError(f"{flag}: {path} is a folder; give a config file such as "
                      "configs/quickstart.py")
   name = "modular_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
@@ -50,17 +54,17 @@ def load_config_file(path: str, arg: str | None = None) -> ml_collections.Config
   try:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-      raise ValueError(f"--config: {path} defines no get_config()")
+      raise ValueError(f"{flag}: {path} defines no get_config()")
     return module.get_config(arg) if arg is not None else module.get_config()
   except SyntaxError as e:
-    raise ValueError(f"--config: {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+    raise ValueError(f"{flag}: {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
   except Exception as e:  # a config file may raise anything: one line naming where
-    raise ValueError(_config_file_error(e, path)) from None
+    raise ValueError(_config_file_error(e, path, flag)) from None
 
 
-def _config_file_error(e: Exception, path: str) -> str:
-  """One line for an exception raised while a config file ran."""
-  if str(e).startswith(("config.", "--config")):
+def _config_file_error(e: Exception, path: str, flag: str) -> str:
+  """One line for an exception raised while a config file ran, labelled ``flag``."""
+  if str(e).startswith(("config.", flag)):
     return str(e)
   frames = list(traceback.walk_tb(e.__traceback__))
   if isinstance(e, AttributeError) and e.__context__ is not None:  # ConfigDict.__setattr__
@@ -82,7 +86,7 @@ def _config_file_error(e: Exception, path: str) -> str:
       return f"{full}: wrong type ({str(e).splitlines()[0]}) at {where}"
     return f"{full}: unknown key at {where}; known: {', '.join(sorted(node.keys()))}"
   message = str(e).splitlines()[0] if str(e) else ""
-  return f"--config: {where}: {type(e).__name__}: {message}"
+  return f"{flag}: {where}: {type(e).__name__}: {message}"
 
 
 def _node_path(node: ml_collections.ConfigDict, frames: list) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 
 import numpy as np
@@ -93,6 +94,50 @@ def test_bad_second_point_fails_before_any_run(tmp_path, data_dir, capsys):
   assert len(err) == 1, err
   assert "get_hyper point 1 (method=no_such_method)" in err[0] and "mtl.method" in err[0]
   assert not sweep.exists()  # nothing ran, nothing was written
+
+
+def _hashes(folder) -> dict[str, str]:
+  """sha256 of every file under ``folder``, by relative path."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def test_rerun_with_another_config_stops_before_writing(tmp_path, data_dir, capsys):
+  """A sweep folder rerun with another config (as with another --arg) is one error.
+
+  Two points, one of them a baseline: both run folders hold the other config, so the
+  error names the first and counts the baseline as one more. Every file of the sweep
+  folder, results.csv and results.md included, stays byte-identical.
+  """
+  exp = write_experiment(tmp_path / "exp.py", data_dir, 'h.fixed("config.train.seed", 0)',
+                         'def get_baselines(h):\n'
+                         '  return h.sweep("config.data.tasks", [["copy"]])')
+  sweep = tmp_path / "sweep"
+  experiments.run_sweep(exp, str(sweep))
+  assert [r["status"] for r in read_csv(sweep / "results.csv")] == ["finished", "finished"]
+  before = _hashes(sweep)
+  assert {"results.csv", "results.md", "seed=0/config.json",
+          "single-tasks=copy/config.json"} <= set(before)
+  capsys.readouterr()
+
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", exp, "--workdir", str(sweep),
+                    "--config.data.num_eval=16", "--config.train.steps=8"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert err[0].startswith("error: config.data.num_eval: 16 differs from 32 ")
+  assert str(sweep / "seed=0") in err[0] and "1 other point of the sweep differs" in err[0]
+  assert _hashes(sweep) == before
+
+  experiments.run_sweep(exp, str(sweep))  # the sweep's own command: finished, not rerun
+  assert capsys.readouterr().out.count(", not rerun") == 2
+  assert _hashes(sweep) == before
 
 
 def test_baselines_must_train_one_task(tmp_path, data_dir):

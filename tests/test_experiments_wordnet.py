@@ -7,10 +7,12 @@ the ``:ci`` Polytropon point end to end (``test_analysis_notebooks.py``).
 """
 
 import importlib.util
+import json
 import os
 import re
 
 import pytest
+import ml_collections
 from flax import nnx
 
 from modular import checkpoints
@@ -18,6 +20,7 @@ from modular import config as config_lib
 from modular import models
 from modular.experiments import expand, expand_baselines
 from modular.paths import flat_paths
+from modular.train import checkpoint as ckpt_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "wordnet_peft.py")
@@ -68,6 +71,26 @@ def _params(cfg):
 # What each method may train among the imported tensors (regex over paths; None: all).
 UNFROZEN_IMPORTS = {"full": None, "lora": "$^", "adapters": "$^", "polytropon": "$^",
                     "hyperformer": r"ln_", "task_moe": r"/ffn/"}
+
+
+def test_table_reads_a_ci_sweep_and_names_the_argument(tmp_path, points):
+  """``python experiments/wordnet_peft.py DIR ci``; without ``ci`` a line says so."""
+  w = _module()
+  p = points["lora,mean"]
+  run_dir = tmp_path / p.name
+  saved = config_lib.fill_derived(ml_collections.ConfigDict(p.cfg.to_dict()))
+  ckpt_lib.save_config(str(run_dir), saved)  # a run folder, as the trainer starts it
+  assert w.table(str(tmp_path)).splitlines()[-1] == (
+      f"note: the run folders in {tmp_path} were made with the argument 'ci': "
+      f"python experiments/wordnet_peft.py {tmp_path} ci")
+  (run_dir / "summary.json").write_text(json.dumps(
+      {"end_step": 4, "eval": {"accuracy": {t: 0.5 for t in w.TASKS}}}))
+  got = w.table(str(tmp_path), "ci")
+  assert "| lora,mean | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |" in got and "note:" not in got
+  with saved.unlocked():
+    saved.data.num_eval = 7
+  ckpt_lib.save_config(str(run_dir), saved)
+  assert "made by another config" in w.made_with(str(tmp_path), "ci")
 
 
 def test_every_method_trains_what_it_declares(points):

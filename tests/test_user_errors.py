@@ -56,3 +56,35 @@ def test_sweep_names_the_missing_experiment_flag(capsys):
   assert e.value.code == 2
   assert "--experiment: no experiment file at experiments/nosuch.py" in capsys.readouterr().err
   assert not os.path.exists("/tmp/unused_sweep")
+
+
+@pytest.mark.parametrize("text,argv,want", [
+    ("def get_config(:\n", [], "syntax error"),
+    (None, ["--arg", "nosuch"], "unknown argument 'nosuch'"),
+])
+def test_sweep_labels_experiment_file_errors_with_its_flag(tmp_path, capsys, text, argv, want):
+  """modular-sweep names its own flag (--experiment), not modular-train's --config."""
+  from modular import cli
+  exp = os.path.join(os.path.dirname(HERE), "experiments", "mixture_ablation.py")
+  if text is not None:
+    exp = str(tmp_path / "bad.py")
+    open(exp, "w").write(text)
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", exp, "--workdir", str(tmp_path / "sweep")] + argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: --experiment: ") and want in err[0], err
+  assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_workdir_that_is_a_file_is_one_error(tmp_path, capsys):
+  from modular import cli
+  afile = tmp_path / "afile"
+  afile.write_text("keep me")
+  exp = os.path.join(os.path.dirname(HERE), "experiments", "mixture_ablation.py")
+  with pytest.raises(SystemExit) as e:
+    cli.sweep_main(["--experiment", exp, "--workdir", str(afile)])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"error: --workdir {afile}: {afile} is a file, not a folder"], err
+  assert afile.read_text() == "keep me"

@@ -20,7 +20,8 @@ Baselines run in the same sweep (folders ``single-<name>``); a multi-task row's
 the mean of the baselines that trained that task.
 
 ``run_sweep`` validates every point (baselines included) before any run starts,
-prepares the data once, skips runs that already finished (their ``summary.json``
+against the config saved in its run folder too (``spec.check_saved_configs``: a
+folder made with another ``--arg`` stops the sweep unchanged), prepares the data once, skips runs that already finished (their ``summary.json``
 is read back), and hands the others to an ``Executor``: its one method
 ``run(trials, on_outcome) -> outcomes`` runs a batch of trials and reports each as
 it ends (``engine.LocalExecutor``: one after another in this process;

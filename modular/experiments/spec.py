@@ -1,13 +1,17 @@
 """An experiment file's points: ``get_hyper`` axes, single-task baselines, validation.
 
 Every point is expanded and validated before any run starts, so a bad tenth point
-stops the sweep with one line naming it instead of after nine runs.
+stops the sweep with one line naming it instead of after nine runs. Against an
+existing sweep folder, ``check_saved_configs`` also compares each point with the
+config saved in its run folder (the trainer's resume check), so a sweep rerun with
+another ``--arg`` or ``--config.x`` stops before it changes anything.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import re
 from typing import Any, NamedTuple
 
@@ -133,7 +137,7 @@ def expand(experiment: str, arg: str | None = None,
     ValueError: one line naming the experiment, the point and the bad key, before
       anything runs; also for two points with the same folder name.
   """
-  base = load_config_file(experiment, arg)
+  base = load_config_file(experiment, arg, flag="--experiment")
   for k, v in (overrides or {}).items():
     apply_override(base, k, v)
   module = load_experiment(experiment)
@@ -157,7 +161,7 @@ def expand_baselines(experiment: str, arg: str | None = None,
   module = load_experiment(experiment)
   if not hasattr(module, "get_baselines"):
     return []
-  base = load_config_file(experiment, arg)
+  base = load_config_file(experiment, arg, flag="--experiment")
   for k, v in (overrides or {}).items():
     apply_override(base, k, v)
   points = _points(experiment, base, module.get_baselines(hyper), "get_baselines",
@@ -178,3 +182,48 @@ def _check_unique(experiment: str, points: list[Point]) -> None:
       raise ValueError(f"{experiment}: points {seen[p.name]} and {i} share the folder name "
                        f"{p.name!r}: give them different swept values")
     seen[p.name] = i
+
+
+def check_saved_configs(points: list[Point], workdir: str) -> None:
+  """Checks every point whose run folder has a ``config.json`` against that config.
+
+  The check is the trainer's own (``resume.check_same_run`` on the config with its
+  derived sizes filled, as ``loop.train`` compares it), done for all points before
+  any run starts: a sweep folder made with another experiment argument would
+  otherwise fail every run and rewrite the results table as rows of "failed".
+  Finished runs are checked too. Nothing is written.
+
+  Args:
+    points: the sweep's points and baselines.
+    workdir: the sweep folder (run folders ``workdir/<point name>``).
+
+  Raises:
+    ValueError: one line naming the first differing run folder and key, and how many
+      other points differ too.
+  """
+  from modular.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from modular.train import resume as resume_lib  # pylint: disable=g-import-not-at-top
+  errors = []
+  for p in points:
+    run_dir = os.path.join(workdir, p.name)
+    if not os.path.exists(os.path.join(run_dir, "config.json")):
+      continue
+    try:
+      saved = ckpt_lib.load_config(run_dir)
+    except (OSError, ValueError) as e:
+      errors.append(f"{run_dir}/config.json: unreadable ({e})")
+      continue
+    try:
+      new = config_lib.fill_derived(ml_collections.ConfigDict(p.cfg.to_dict()))
+    except Exception:  # noqa: BLE001 - sizes not derivable here: the run reports why
+      continue
+    try:
+      resume_lib.check_same_run(saved, new, run_dir)
+    except ValueError as e:
+      errors.append(str(e))
+  if errors:
+    others = len(errors) - 1
+    more = (f"; {others} other point{'s' if others > 1 else ''} of the sweep "
+            f"differ{'' if others > 1 else 's'} too" if others else "")
+    raise ValueError(f"{errors[0]}{more}; nothing was run or written (was the sweep "
+                     "folder made with another --arg or --config.x?)")

@@ -1,5 +1,9 @@
 """``run_sweep``: validate every point, prepare data once, run what is unfinished, tabulate.
 
+Validation includes the run folders already there: a point whose saved
+``config.json`` is another run (the sweep folder was made with another ``--arg``)
+stops the sweep before anything is run or written.
+
 A sweep is resumable by running the same command again: a run whose
 ``summary.json`` says it reached its last step is not rerun (its results are read
 back), every other run resumes from its own newest checkpoint. The table is
@@ -61,8 +65,12 @@ def run_sweep(experiment: str, workdir: str, *, arg: str | None = None,
     runs keep their row (status "failed") and their error is listed below the table.
 
   Raises:
-    ValueError: one line naming the first bad point, before any run starts.
+    ValueError: one line, before any run starts and before anything in ``workdir``
+      changes: ``workdir`` is a file, a point is bad (the first is named), or a
+      point's run folder holds a run of another config (``spec.check_saved_configs``).
   """
+  from modular.train.loop import check_workdir  # pylint: disable=g-import-not-at-top
+  check_workdir(workdir)
   executor = executor or LocalExecutor()
   points = spec_lib.expand(experiment, arg, overrides)
   baselines = spec_lib.expand_baselines(experiment, arg, overrides)
@@ -70,6 +78,7 @@ def run_sweep(experiment: str, workdir: str, *, arg: str | None = None,
   names = [p.name for p in everything]
   if len(set(names)) != len(names):
     raise ValueError(f"{experiment}: a get_baselines point has a get_hyper point's name")
+  spec_lib.check_saved_configs(everything, workdir)
   baseline_names = {p.name for p in baselines}
   rows = {p.name: _row(p, p.name in baseline_names) for p in everything}
   tasks = rows[points[0].name]["tasks"] if points else []

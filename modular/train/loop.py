@@ -209,7 +209,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
     NonfiniteError: a non-finite step (``train.on_nonfinite``).
   """
   cfg = ml_collections.ConfigDict(cfg.to_dict())  # never mutate the caller's config
-  _check_workdir(workdir)
+  check_workdir(workdir)
   run = setup(cfg, devices)
   lock = None
   if jax.process_index() == 0 and filelock.is_local(workdir):
@@ -223,8 +223,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str, *, stop_at: int | None =
       lock.release()
 
 
-def _check_workdir(workdir: str) -> None:
-  """ValueError if ``workdir`` (or a folder above it) is an existing file."""
+def check_workdir(workdir: str) -> None:
+  """Checks that ``workdir`` can be a folder (``modular-sweep`` checks its folder too).
+
+  Raises:
+    ValueError: ``--workdir <workdir>: <path> is a file, not a folder`` if ``workdir``
+      (or a folder above it) is an existing file.
+  """
   if not filelock.is_local(workdir):
     return
   path = os.path.abspath(workdir)
