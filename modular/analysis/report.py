@@ -35,6 +35,7 @@ from modular.analysis import telemetry as telemetry_lib
 from modular.analysis import groups as groups_lib
 from modular.analysis import summary as summary_lib
 from modular.analysis import views as views_lib
+from modular.analysis.ablation import MODES as ABLATION_MODES
 from modular.analysis.analyze import Analysis, analyze_model
 from modular.analysis.competence import competence_lines
 from modular.analysis.routing import entropy_over_training, routing_analysis
@@ -389,7 +390,11 @@ def analyze_run(workdir: str, step: int | None = None, *, control: bool = True,
   step = step if step is not None else max(steps)
   if control and 0 in steps and step != 0:
     _, fm0, params0 = ckpt_lib.load_for_analysis(workdir, 0)
-    c = analyze_model(fm0, params0, eval_batches, names, **opts)
+    # The control enters only the views (``views.model_views``), which read the mean
+    # ablation: its zero ablation (half of the control's cost) is skipped.
+    modes = tuple(opts.get("modes", ABLATION_MODES))
+    c = analyze_model(fm0, params0, eval_batches, names,
+                      **{**opts, "modes": ("mean",) if "mean" in modes else modes})
   return RunAnalysis(workdir, a, c, records, groups, step)
 
 
