@@ -119,16 +119,17 @@ def fingerprints(tree: Any) -> dict[str, str]:
 
 
 def first_mismatch(saved: dict[str, str], restored: dict[str, str]) -> str | None:
-  """The first path (in ``saved``'s order) whose fingerprint differs or is missing.
+  """The first path whose fingerprint differs: in ``restored``'s (tree) order, then paths
+  saved but not restored.
 
   Args:
     saved: fingerprints written at save time.
-    restored: fingerprints of the restored tree.
+    restored: fingerprints of the restored tree; paths not in ``saved`` are not checked.
 
   Returns:
     The path, or None when every saved fingerprint matches.
   """
-  for name, value in saved.items():
-    if restored.get(name) != value:
+  for name, value in restored.items():
+    if name in saved and saved[name] != value:
       return name
-  return None
+  return next((name for name in saved if name not in restored), None)
