@@ -30,7 +30,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from modular.paths import flat_paths
 
@@ -80,19 +79,19 @@ def _fmix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def _leaf(x: jax.Array) -> jax.Array:
-  """uint32 [2]: the two wrap-around sums of one leaf."""
+def _leaf(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Two uint32 []: the wrap-around sums of one leaf (scalars: replicated on every device)."""
   w = _words(x)
   if w.ndim == 0:
     w = w.reshape(1)
   key = _fmix32(_positions(w.shape) ^ jnp.uint32(_SEED))  # a pseudo-random word per position
   h = _fmix32(w ^ key)
-  return jnp.stack([jnp.sum(h, dtype=jnp.uint32),
-                    jnp.sum(h * (key | jnp.uint32(1)), dtype=jnp.uint32)])
+  return (jnp.sum(h, dtype=jnp.uint32),
+          jnp.sum(h * (key | jnp.uint32(1)), dtype=jnp.uint32))
 
 
 @jax.jit
-def _all(leaves: list[jax.Array]) -> list[jax.Array]:
+def _all(leaves: list[jax.Array]) -> list[tuple[jax.Array, jax.Array]]:
   return [_leaf(x) for x in leaves]
 
 
@@ -109,13 +108,10 @@ def fingerprints(tree: Any) -> dict[str, str]:
   """
   named = flat_paths(tree)
   sums = _all(list(named.values()))
-  out = {}
-  for name, s in zip(named, sums):
-    # replicated on every device: any local copy holds the global value.
-    local = s if s.is_fully_addressable else s.addressable_data(0)
-    a, b = np.asarray(local).tolist()
-    out[name] = f"{a:08x}{b:08x}"
-  return out
+  # scalars, replicated on every device: any local copy holds the global value.
+  local = jax.device_get([[s if s.is_fully_addressable else s.addressable_data(0)
+                           for s in pair] for pair in sums])
+  return {name: f"{int(a):08x}{int(b):08x}" for name, (a, b) in zip(named, local)}
 
 
 def first_mismatch(saved: dict[str, str], restored: dict[str, str]) -> str | None:
