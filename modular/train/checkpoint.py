@@ -11,10 +11,12 @@ Layout of a run's workdir:
 Saving is asynchronous and keeps the last N steps; orbax writes each step to a
 temporary folder and renames it when complete, so a run killed mid-save leaves the
 earlier checkpoints intact. A checkpoint that fails to restore, or whose parameters
-are not finite, raises ``CheckpointError`` naming the step folder; nothing on disk is
-deleted. The loop never saves a non-finite state, so rotation never removes the last
+are not finite, or whose arrays do not match the integrity fingerprints saved with
+them (bytes changed on disk; ``modular.train.fingerprint``), raises ``CheckpointError``
+in one line naming the step folder; nothing on disk is deleted. The loop never saves a non-finite state, so rotation never removes the last
 finite checkpoint. Checkpoints written before per-process data state (one ``data``
-JSON for all hosts) still restore.
+JSON for all hosts) and checkpoints without fingerprints (saved before them: not checked)
+still restore.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from modular.train import fingerprint as fingerprint_lib
+
+FINGERPRINT_FORMAT = "fmix32-2sum-v1"  # meta["fingerprint_format"]; another value: not checked
+_CAUSE_CHARS = 300  # how much of an underlying error's first line a message keeps
 
 
 class CheckpointError(RuntimeError):
@@ -69,8 +76,12 @@ class Checkpointer:
       state: the training state (must be finite: the loop checks before saving).
       data_state: this process's data-iterator state (``iterator.get_state()``), saved
         by every process to ``data/process_<i>-of-<n>.json``.
-      meta: JSON metadata (written by the primary process).
+      meta: JSON metadata (written by the primary process). The state's integrity
+        fingerprints are added to it (computed by every process: one jitted pass over the
+        state and a fetch of 8 bytes per leaf, before the asynchronous write starts).
     """
+    meta = dict(meta, fingerprints=fingerprint_lib.fingerprints(state),
+                fingerprint_format=FINGERPRINT_FORMAT)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain_ckpt.CheckpointSave(_StateSnapshot(data_state)),
@@ -84,9 +95,14 @@ class Checkpointer:
       abstract_state: a tree of ``jax.ShapeDtypeStruct`` with shardings, the target
         structure (shapes must match the saved ones).
 
+    Returns:
+      The restored state, this process's data state and the metadata (without the
+      fingerprints).
+
     Raises:
-      CheckpointError: naming the folder and the cause, when the checkpoint is
-        corrupt, partial or does not match the model.
+      CheckpointError: one line naming the folder and the cause, when the checkpoint is
+        corrupt, partial, does not match the model, is not finite or does not match its
+        fingerprints.
     """
     path = os.path.join(self.directory, str(step))
     try:
@@ -96,16 +112,20 @@ class Checkpointer:
       data_state = read_data_state(os.path.join(path, "data"))
     except Exception as e:  # orbax raises many kinds; report them in one place.
       raise CheckpointError(
-          f"checkpoint {path} could not be restored ({type(e).__name__}: {e}). "
+          f"checkpoint {path} could not be restored ({_cause(e)}). "
           "It may be corrupt, partial, or saved from a different model config. Nothing was "
           "deleted: move that folder aside to resume from an earlier step, or use a new "
           "workdir.") from e
     _check_shapes(out.state, abstract_state, path)
+    meta = dict(out.meta)
+    check_fingerprints(out.state, meta, path)
     if not _finite(out.state["params"]):
       raise CheckpointError(
           f"checkpoint {path} holds non-finite parameters (NaN or inf): it is damaged. "
           "Nothing was deleted: move that folder aside to resume from an earlier step.")
-    return out.state, data_state, dict(out.meta)
+    meta.pop("fingerprints", None)
+    meta.pop("fingerprint_format", None)
+    return out.state, data_state, meta
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -146,6 +166,52 @@ def read_data_state(data_dir: str) -> Any:
   if legacy.exists() and not list(folder.glob("process_*.json")):
     return json.loads(legacy.read_text())
   raise FileNotFoundError(f"{own} not found (saved by another number of processes?)")
+
+
+def check_fingerprints(tree: Any, meta: dict, path: str, prefix: str = "") -> None:
+  """Compares ``tree``'s fingerprints with those saved in ``meta`` (if any).
+
+  Args:
+    tree: the restored tree (the whole state, or a part of it).
+    meta: the checkpoint's metadata; without ``fingerprints`` (older checkpoints) or with
+      another ``fingerprint_format``, nothing is checked.
+    path: the checkpoint folder, for the message.
+    prefix: check only saved leaves whose path starts with it (a partial restore).
+
+  Raises:
+    CheckpointError: one line naming the folder and the first leaf that differs.
+  """
+  saved = meta.get("fingerprints")
+  if not saved or meta.get("fingerprint_format") != FINGERPRINT_FORMAT:
+    return
+  saved = {k: v for k, v in saved.items() if k.startswith(prefix)}
+  leaf = fingerprint_lib.first_mismatch(saved, fingerprint_lib.fingerprints(tree))
+  if leaf is not None:
+    raise CheckpointError(
+        f"checkpoint {path} does not match the integrity fingerprint saved with it "
+        f"(first at {leaf}): its bytes changed on disk after it was written. Nothing was "
+        "deleted: move that folder aside to resume from an earlier step.")
+
+
+def _cause(e: BaseException) -> str:
+  """One line for an exception: the innermost cause's type and first line, cut short.
+
+  orbax wraps TensorStore's error (which names the array and the failure, e.g.
+  ``ZSTD_decompressStream() failed``) in one whose message holds TensorStore's whole spec
+  (hundreds of lines); the innermost cause is the informative one.
+
+  Returns:
+    ``"<type>: <first line>"``, the line cut at ``_CAUSE_CHARS`` characters.
+  """
+  seen = {id(e)}
+  while e.__cause__ is not None and id(e.__cause__) not in seen:
+    e = e.__cause__
+    seen.add(id(e))
+  lines = str(e).strip().splitlines()
+  first = lines[0].strip() if lines else ""
+  if len(first) > _CAUSE_CHARS:
+    first = first[:_CAUSE_CHARS] + "..."
+  return f"{type(e).__name__}: {first}"
 
 
 def _finite(tree: Any) -> bool:
@@ -229,12 +295,14 @@ def load_for_analysis(workdir: str, step: int | None = None):
             item={"params": abstract},
             restore_args=jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=sharding),
                                       {"params": abstract}),
-            partial_restore=True)))
+            partial_restore=True),
+        meta=ocp.args.JsonRestore()))
     restored = out.state["params"]
   except Exception as e:
     raise CheckpointError(f"checkpoint {path} could not be restored for analysis "
-                          f"({type(e).__name__}: {e})") from e
+                          f"({_cause(e)})") from e
   finally:
     ckpt.close()
   _check_shapes(restored, abstract, path)
+  check_fingerprints({"params": restored}, dict(out.meta), path, prefix="params/")
   return cfg, fm, restored
