@@ -26,9 +26,9 @@ whatever trains (the full fine-tuning backbone and the task-MoE experts at 0.05x
 
 Budget for a 2-core CPU (measured in the README): length 32, batch 16, 300 steps
 (4800 examples: ~1200 per task in a multi-task run, 1.6 epochs of the 3000 training
-examples in a single-task one), one seed, 256 held-out examples per task; a run takes
-about 2 minutes on an idle 2-core machine. ``:ci`` shrinks every run to 4 steps on
-length 16 and 32 held-out examples per task.
+examples in a single-task one), one seed, 256 held-out examples per task. A run trains
+for 2 to 4 minutes with the mean and 5 to 15 with PCGrad (one backward pass per task).
+``:ci`` shrinks every run to 4 steps on length 16 and 32 held-out examples per task.
 
 ``trainable_parameters(cfg)`` counts what a run trains; ``python
 experiments/wordnet_peft.py runs/wordnet_peft`` prints the README's table (per-task
