@@ -77,6 +77,7 @@ def test_window_means_match_numpy_and_absent_task_is_not_zero(tmp_path):
   table = w.summary_table().splitlines()
   row_b = next(r for r in table if r.startswith("b "))
   assert "0.0000" not in row_b and row_b.split()[1:3] == ["-", "-"]
+  assert len({len(r) for r in table if r.split() and r.split()[0] in ("a", "c")}) == 1
   row_a = next(r for r in table if r.startswith("a "))
   assert float(row_a.split()[1]) == round(float(mean["task/loss"][0]), 4)
   w.close()
@@ -105,6 +106,20 @@ def test_non_finite_values_never_reach_tensorboard(tmp_path):
     record = json.loads(f.readline())
   assert record["objective"] is None and record["nonfinite_steps"] == 1
   w.close()
+
+
+def test_summary_table_columns_line_up_with_long_task_names(tmp_path):
+  names = ["def_pos", "example_supersense"]  # longer than the old 14-character column
+  w = MetricsWriter(str(tmp_path), names, enabled=False)
+  w.write_train(1, _window(np.random.default_rng(3), np.ones((2, 2))))
+  w.write_eval(1, {"tokens": np.array([4.0, 4.0]), "examples": np.array([4.0, 4.0]),
+                   "loss_sum": np.array([1.0, 2.0]), "correct": np.array([3.0, 2.0]),
+                   "seq_right": np.array([3.0, 2.0])})
+  lines = w.summary_table().splitlines()
+  header, rows = lines[0], lines[2:]
+  for name in ("train loss", "eval acc", "eval seq"):  # every value ends under its header
+    end = header.index(name) + len(name)
+    assert all(r[end - 1] != " " and (len(r) == end or r[end] == " ") for r in rows), name
 
 
 def test_a_real_tensorboardx_writer_takes_a_window_with_an_absent_task(tmp_path):

@@ -127,13 +127,14 @@ class MetricsWriter:
 
   def summary_table(self) -> str:
     """A plain-text table of the last evaluation (and last training window) per task."""
-    header = f"{'task':<14}{'train loss':>11}{'train acc':>10}{'eval loss':>10}{'eval acc':>9}" \
-             f"{'eval seq':>9}"
+    width = max([14] + [len(t) + 2 for t in self.task_names])
+    header = f"{'task':<{width}}{'train loss':>11}{'train acc':>10}{'eval loss':>10}" \
+             f"{'eval acc':>9}{'eval seq':>9}"
     lines = [header, "-" * len(header)]
     tl = self.last_train.get("task/loss")
     ta = self.last_train.get("task/accuracy")
     for t, task in enumerate(self.task_names):
-      row = f"{task:<14}"
+      row = f"{task:<{width}}"
       if tl is None:
         row += f"{'':>21}"
       elif not np.isfinite(tl[t]):  # absent from the last training window
