@@ -289,3 +289,35 @@ def test_a_checkpoint_without_fingerprints_still_restores(trained, tmp_path):
   cfg.train.steps = 15
   summary = loop.train(cfg, workdir)
   assert summary["start_step"] == STEP and summary["end_step"] == 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", ["negative", "huge", "step", "garbage"])
+def test_a_damaged_data_iterator_state_stops_the_resume(trained, tmp_path, edit):
+  """The data state is plain JSON outside the fingerprint: it is checked for consistency.
+
+  A new user set one position to -7 (IndexError traceback after config.json had been
+  rewritten) or to 10**12 (trained silently on another data order).
+  """
+  cfg, workdir, _ = _copy(trained, tmp_path)
+  path = glob.glob(os.path.join(workdir, "checkpoints", str(STEP), "data", "*.json"))[0]
+  with open(path) as f:
+    data = json.load(f)
+  if edit == "negative":
+    data["positions"][0] = -7
+  elif edit == "huge":
+    data["positions"][0] = 10 ** 12
+  elif edit == "step":  # positions still sum to a whole number of batches, of another step
+    data["step"] = 2 * STEP
+    data["positions"] = [2 * p for p in data["positions"]]
+  else:
+    data["positions"] = "abc"
+  with open(path, "w") as f:
+    json.dump(data, f)
+  before = _snapshot(workdir)
+  cfg.train.steps = 20
+  with pytest.raises(ckpt_lib.CheckpointError, match="data-iterator state is damaged") as info:
+    loop.train(cfg, workdir)
+  message = str(info.value)
+  assert "\n" not in message and os.path.join(workdir, "checkpoints", str(STEP)) in message
+  assert _snapshot(workdir) == before

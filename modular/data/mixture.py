@@ -151,11 +151,25 @@ class MixtureIterator(grain.DatasetIterator):
     return {"step": self._step, "positions": list(self._positions)}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    positions = [int(p) for p in state["positions"]]
+    """Restores ``{"step", "positions"}`` after checking it could have come from here.
+
+    Raises:
+      ValueError: a state whose positions are not T non-negative integers summing to
+        ``step * batch_size`` (each step draws B examples): a damaged or foreign file.
+    """
+    try:
+      step = int(state["step"])
+      positions = [int(p) for p in state["positions"]]
+    except (KeyError, TypeError, ValueError) as e:
+      raise ValueError(f"not a mixture iterator state ({type(e).__name__}: {e})") from e
     if len(positions) != len(self._positions):
       raise ValueError(f"state has {len(positions)} task positions, the mixture has "
                        f"{len(self._positions)} tasks")
-    self._step = int(state["step"])
+    if step < 0 or min(positions) < 0 or sum(positions) != step * self._ds.batch_size:
+      raise ValueError(f"positions {positions} at step {step} are not {step} steps of "
+                       f"{self._ds.batch_size} examples (each non-negative, summing to "
+                       f"{step * self._ds.batch_size})")
+    self._step = step
     self._positions = positions
 
   def __str__(self) -> str:

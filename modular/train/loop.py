@@ -256,7 +256,14 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   start = checkpointer.latest_step()
   if start is not None:
     state, data_state, _ = checkpointer.restore(start, run.abstract_state)
-    iterator.set_state(data_state)
+    try:  # nothing is written yet: a damaged data state stops the run here
+      if int(data_state.get("step", -1)) != start:
+        raise ValueError(f"its step {data_state.get('step')!r} is not the checkpoint's {start}")
+      iterator.set_state(data_state)
+    except (ValueError, TypeError, AttributeError) as e:
+      raise ckpt_lib.CheckpointError(
+          f"checkpoint {os.path.join(workdir, 'checkpoints', str(start))}: its data-iterator "
+          f"state is damaged: {e}. Nothing was deleted or written") from e
   else:
     start, state = 0, run.init()
     if cfg.train.init_from:
