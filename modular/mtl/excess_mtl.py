@@ -53,12 +53,7 @@ class ExcessMTL(LeafwiseMethod):
   num_tasks: int = 0
   robust_step_size: float = option(1.0, greater(0.0))
   n_warmup_steps: int = option(0, at_least(0))
-
-
-  def weight_bounds(self, num_tasks):
-    """Mirror descent on the simplex: each present task's weight is in [0, 1]."""
-    del num_tasks
-    return 0.0, 1.0
+  simplex_weights = True  # mirror descent on the simplex
 
   def init(self, params):
     t = self._require_num_tasks()

@@ -71,12 +71,7 @@ class FAMO(Weighting):
   lr: float = option(0.025, greater(0.0))
   gamma: float = option(1e-3, at_least(0.0))
   eps: float = option(1e-8, greater(0.0))
-
-
-  def weight_bounds(self, num_tasks):
-    """``c z_t / L_t`` with ``c = 1 / sum_i z_i / L_i``: they sum to 1, so: each present task's weight is in [0, 1]."""
-    del num_tasks
-    return 0.0, 1.0
+  simplex_weights = True  # weights c z_t / L_t with c = 1 / sum_i z_i / L_i sum to 1
 
   def init(self, params):
     del params

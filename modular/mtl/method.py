@@ -97,6 +97,7 @@ class Method:
   # False where the update is not sum_t w_t g_t of this step's gradients (GradDrop,
   # TrimmedMean, DB-MTL, MoCo): their stats carry no "weights".
   linear_in_grads: ClassVar[bool] = True
+  simplex_weights: ClassVar[bool] = False  # weights on the simplex: bounds [0, 1]
 
   task_specific: tuple = dataclasses.field(default=(), kw_only=True)
   num_tasks: int = dataclasses.field(default=0, kw_only=True,
@@ -190,10 +191,14 @@ class Method:
   def weight_bounds(self, num_tasks: int) -> tuple[float, float]:
     """The documented range ``[low, high]`` of a present task's weight.
 
-    Methods with learned weights override it and keep their weights inside it under
-    any losses (``tests/test_mtl_edge_cases.py``); the default only promises finite.
+    Methods with learned weights keep their weights inside it under any losses
+    (``tests/test_mtl_edge_cases.py``): [0, 1] for a method whose weights lie on the
+    simplex (class attribute ``simplex_weights``); others override it; the default
+    only promises finite.
     """
     del num_tasks
+    if self.simplex_weights:
+      return 0.0, 1.0
     return -float("inf"), float("inf")
 
   # -- optax form ----------------------------------------------------------------

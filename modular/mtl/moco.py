@@ -56,12 +56,7 @@ class MoCo(LeafwiseMethod):
   gamma: float = option(0.1, greater(0.0))
   gamma_sigma: float = option(0.5, at_least(0.0))
   rho: float = option(0.0, at_least(0.0))
-
-
-  def weight_bounds(self, num_tasks):
-    """Projected onto the simplex (``qp.project_simplex``): each present task's weight is in [0, 1]."""
-    del num_tasks
-    return 0.0, 1.0
+  simplex_weights = True  # projected onto the simplex (qp.project_simplex)
   linear_in_grads = False
 
   def init(self, params):

@@ -49,12 +49,7 @@ class MoDo(Method):
   num_tasks: int = 0
   gamma: float = option(0.1, greater(0.0))
   rho: float = option(0.1, at_least(0.0))
-
-
-  def weight_bounds(self, num_tasks):
-    """Projected onto the simplex (``qp.project_simplex``): each present task's weight is in [0, 1]."""
-    del num_tasks
-    return 0.0, 1.0
+  simplex_weights = True  # projected onto the simplex (qp.project_simplex)
 
   def init(self, params):
     del params

@@ -48,12 +48,7 @@ class SDMGrad(Method):
   momentum: float = option(0.5, in_range(0.0, 1.0))
   n_iter: int = option(20, at_least(1))
   lambda_: float = option(0.3, at_least(0.0))
-
-
-  def weight_bounds(self, num_tasks):
-    """A convex combination of simplex points: each present task's weight is in [0, 1]."""
-    del num_tasks
-    return 0.0, 1.0
+  simplex_weights = True  # a convex combination of simplex points
 
   def init(self, params):
     del params
