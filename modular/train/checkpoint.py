@@ -14,9 +14,9 @@ earlier checkpoints intact. A checkpoint that fails to restore, or whose paramet
 are not finite, or whose arrays do not match the integrity fingerprints saved with
 them (bytes changed on disk; ``modular.train.fingerprint``), raises ``CheckpointError``
 in one line naming the step folder; nothing on disk is deleted. The loop never saves a
-non-finite state, so rotation never removes the last finite checkpoint. Checkpoints written before per-process data state (one ``data``
-JSON for all hosts) and checkpoints without fingerprints (saved before them: not checked)
-still restore.
+non-finite state, so rotation never removes the last finite checkpoint. Checkpoints
+written before per-process data state (one ``data`` JSON for all hosts) and checkpoints
+without fingerprints (saved before them: not checked) still restore.
 """
 
 from __future__ import annotations
