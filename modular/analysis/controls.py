@@ -11,9 +11,10 @@ nothing without the overlap of random sets of the same sizes:
 The second control is the model before training (the step-0 checkpoint that training
 keeps by default, ``train.keep_step0``): a within-family similarity that the
 untrained model already shows comes from the input format, not from learning.
-``control_verdict`` says which: the trained effect is "absent at step 0" when the
-control's within - across difference is not significant and below half the trained
-one, else the control "already shows" it.
+``control_verdict`` says which, by the control's own permutation test: "already
+shown at step 0" only when that test is significant, "inconclusive" when the control's
+within - across difference is large (>= half the trained one) but not significant,
+else "absent at step 0"; the control's difference and p-value are in the sentence.
 
 References:
   Merullo et al. 2023 (head overlap between tasks' circuits); Tan et al. 2024
@@ -70,15 +71,28 @@ def expected_overlap_matrix(sizes: np.ndarray, m: int) -> np.ndarray:
 def control_verdict(trained: GroupTest, control: GroupTest | None, alpha: float = 0.05) -> str:
   """Whether the untrained control already shows the trained model's effect.
 
+  The verdict follows the control's own permutation test (``control.p``): only a
+  significant control "already shows" the effect. A control whose within - across
+  difference is at least half the trained one but not significant cannot rule the
+  effect in or out, so it is "inconclusive", never "already shown".
+
+  Args:
+    trained: the trained model's group test.
+    control: the same test on the step-0 model (None without a step-0 checkpoint).
+    alpha: significance level of the control's test.
+
   Returns:
-    "no control", "absent at step 0" or "the step-0 control already shows it
-    (within - across {d:+.2f}, p = {p})".
+    One of "no control"; "already shown at step 0 (control d = {d:+.2f}, p = {p})"
+    when ``control.p < alpha``; "inconclusive (control d = ..., p = ...)" when the
+    control's difference is >= 0.5 x the trained one (or the control is untestable)
+    but not significant; else "absent at step 0 (control d = ..., p = ...)".
   """
   if control is None or not np.isfinite(control.diff):
     return "no control"
-  shows = (np.isfinite(control.p) and control.p < alpha) or (
-      np.isfinite(trained.diff) and trained.diff > 0 and control.diff >= 0.5 * trained.diff)
-  if not shows:
-    return "absent at step 0"
-  return (f"the step-0 control already shows it (within - across {control.diff:+.2f}, "
-          f"p = {control.p:.3g})")
+  stats_ = f"control d = {control.diff:+.2f}, p = {control.p:.3g}"
+  if np.isfinite(control.p) and control.p < alpha:
+    return f"already shown at step 0 ({stats_})"
+  large = np.isfinite(trained.diff) and trained.diff > 0 and control.diff >= 0.5 * trained.diff
+  if large or not np.isfinite(control.p):
+    return f"inconclusive ({stats_})"
+  return f"absent at step 0 ({stats_})"

@@ -11,7 +11,8 @@ For every task x task view (``views.py``) of a model, the learned tasks only
     declared families the route dendrogram recovers.
 
 ``sentences`` turns these into the report's first lines, e.g.
-"neurons IoU: within-group 0.81 vs across 0.39 (p = 0.002, exact); absent at step 0".
+"neurons IoU: within-group 0.81 vs across 0.39 (p = 0.002, exact); absent at step 0
+(control d = +0.03, p = 0.61)".
 
 References:
   Merullo et al. 2023; Tan et al. 2024; Ye et al. 2022; Ponti et al. 2022.
