@@ -16,17 +16,19 @@ Sections:
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from typing import Any
 
 import ml_collections
+import optax
 
 from modular import data as data_lib
 from modular import models as models_lib
 from modular import mtl as mtl_lib
 
-OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
+OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")  # common; any optax name works
 SCHEDULES = ("constant", "cosine", "linear", "warmup_cosine")
 NONFINITE_ACTIONS = ("halt", "skip")
 
@@ -55,6 +57,24 @@ def default_mesh_config() -> ml_collections.ConfigDict:
   return c
 
 
+NO_DECAY = (r"(^|/)ln[^/]*/(scale|bias)$",
+            r"(^|/)(?!gen_)(b_in|b_out|b[qkvo]|\w+_b\d?|(\w+_)?bias)$")
+
+
+def optimizer_decay_args(name: str) -> tuple[str, str] | None:
+  """How ``optax.<name>`` takes a masked decoupled weight decay.
+
+  Returns:
+    (rate keyword, mask keyword), e.g. ("weight_decay", "mask") for adamw and lion,
+    ("weight_decay_rate", "weight_decay_mask") for adafactor; None for an optimizer
+    that does not decay (adam, sgd) or cannot mask its decay.
+  """
+  if name == "adafactor":
+    return "weight_decay_rate", "weight_decay_mask"
+  sig = inspect.signature(getattr(optax, name)).parameters
+  return ("weight_decay", "mask") if {"weight_decay", "mask"} <= set(sig) else None
+
+
 def default_optim_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = "adamw"
@@ -69,6 +89,10 @@ def default_optim_config() -> ml_collections.ConfigDict:
   # Regexes over parameter paths ("blocks/0/ffn/w_in"): frozen parameters get no update
   # (parameter-efficient mode: freeze the backbone, train the modules).
   c.frozen = []
+  # Regexes of the parameters weight decay skips: LayerNorm gains and shifts (ln_*),
+  # and biases (bias, b_in/b_out, bq..bo, per_task_bias, down_b, proj_b1, ...), but not
+  # the HyperFormer generators (gen_*), which are weight matrices.
+  c.no_decay = list(NO_DECAY)
   # [regex, factor] pairs: learning-rate multipliers (e.g. Polytropon's two-speed logits).
   c.lr_multipliers = []
   # With model.pretrained: freeze every imported tensor (the parameter-efficient mode)
@@ -235,7 +259,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
 
 def _validate_optim(o: ml_collections.ConfigDict) -> None:
   """Names, ranges and regexes of the ``optim`` section (values are already finite)."""
-  _require(o.name in OPTIMIZERS, "optim.name", f"unknown {o.name!r}; known: {OPTIMIZERS}")
+  factory = getattr(optax, o.name, None) if isinstance(o.name, str) else None
+  _require(callable(factory) and "learning_rate" in inspect.signature(factory).parameters,
+           "optim.name", f"unknown {o.name!r}: not an optax optimizer; e.g. {OPTIMIZERS}")
   _require(o.schedule in SCHEDULES, "optim.schedule",
            f"unknown {o.schedule!r}; known: {SCHEDULES}")
   _require(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
@@ -244,8 +270,12 @@ def _validate_optim(o: ml_collections.ConfigDict) -> None:
     _require(o[key] >= 0, f"optim.{key}", f"must be >= 0, got {o[key]}")
   for key in ("b1", "b2"):
     _require(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
-  for i, pattern in enumerate(o.frozen):
-    _check_regex(pattern, f"optim.frozen[{i}]")
+  _require(o.weight_decay == 0 or optimizer_decay_args(o.name) is not None,
+           "optim.weight_decay", f"{o.weight_decay} but optax.{o.name} takes no masked "
+           "weight decay; set optim.weight_decay=0 or use adamw, lion or adafactor")
+  for key in ("frozen", "no_decay"):
+    for i, pattern in enumerate(o[key]):
+      _check_regex(pattern, f"optim.{key}[{i}]")
   for i, pair in enumerate(o.lr_multipliers):
     _require(isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str),
              f"optim.lr_multipliers[{i}]", f"must be a [regex, factor] pair, got {pair!r}")

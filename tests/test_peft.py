@@ -114,7 +114,7 @@ def adapters_reference(data_dir):
   """configs/adapters.py:tiny,peft at step 0: per-task gradients [T, ...] of the adapter
   leaves from jax.jacrev on the full parameters, with the step's own PRNG key."""
   run = loop.setup(_cfg(data_dir, "adapters", "tiny,peft", name="sgd", b1=0.0,
-                        schedule="constant", learning_rate=0.1))
+                        weight_decay=0.0, schedule="constant", learning_rate=0.1))
   state, batch = run.init(), _batch(run)
   _, step_rng = jax.random.split(state["rng"])
 
@@ -132,8 +132,8 @@ def adapters_reference(data_dir):
 def _adapter_step(data_dir, **overrides):
   """One step of adapters tiny,peft (SGD lr 0.1, constant); returns (delta, metrics)."""
   mtl = overrides.pop("mtl", "mean")
-  cfg = _cfg(data_dir, "adapters", "tiny,peft", name="sgd", b1=0.0, schedule="constant",
-             learning_rate=0.1, **overrides)
+  cfg = _cfg(data_dir, "adapters", "tiny,peft", name="sgd", b1=0.0, weight_decay=0.0,
+             schedule="constant", learning_rate=0.1, **overrides)
   cfg.mtl.method = mtl
   run = loop.setup(cfg)
   state = run.init()
