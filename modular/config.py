@@ -61,6 +61,12 @@ NO_DECAY = (r"(^|/)ln[^/]*/(scale|bias)$",
             r"(^|/)(?!gen_)(b_in|b_out|b[qkvo]|\w+_b\d?|(\w+_)?bias)$")
 
 
+# Keys whose absence from an older run folder's config.json means something other than
+# today's default: the behaviour those runs trained with (``checkpoint.load_config``).
+# Before ``optim.no_decay`` existed every trainable leaf decayed.
+OLD_RUN_DEFAULTS = {("optim", "no_decay"): []}
+
+
 def optimizer_decay_args(name: str) -> tuple[str, str] | None:
   """How ``optax.<name>`` takes a masked decoupled weight decay.
 

@@ -19,21 +19,10 @@ def path_str(path: Sequence[Any]) -> str:
     path: a key path from ``jax.tree_util.tree_flatten_with_path``.
 
   Returns:
-    The keys joined by ``"/"`` (dict keys, sequence indices, attribute names).
+    The keys joined by ``"/"`` (dict keys, sequence indices, attribute names):
+    ``jax.tree_util.keystr(path, simple=True, separator="/")``.
   """
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      parts.append(str(k.name))
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def flat_paths(tree: Any) -> dict[str, Any]:

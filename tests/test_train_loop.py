@@ -115,11 +115,20 @@ def test_run_folder_from_an_older_version_still_loads(tiny_config, tmp_path):
   tiny_config.train.steps = 2
   loop.train(tiny_config, str(tmp_path))
   saved = json.load(open(tmp_path / "config.json"))
-  del saved["data"]["prompt_width"], saved["train"]["init_from"]
+  del saved["data"]["prompt_width"], saved["train"]["init_from"], saved["optim"]["no_decay"]
   json.dump(saved, open(tmp_path / "config.json", "w"))
   cfg = load_config(str(tmp_path))
   assert cfg.data.prompt_width == 0 and cfg.train.init_from == ""
   assert cfg.train.steps == 2
+  # before optim.no_decay existed every leaf decayed: the old run reads as that, and a
+  # resume under today's default mask is another run, refused naming the key
+  assert list(cfg.optim.no_decay) == []
+  tiny_config.train.steps = 3
+  with pytest.raises(ValueError, match=r"config.optim.no_decay: "):
+    loop.train(tiny_config, str(tmp_path))
+  tiny_config.optim.no_decay = []
+  loop.train(tiny_config, str(tmp_path))  # the old run resumes with its own rule
+  assert json.load(open(tmp_path / "summary.json"))["end_step"] == 3
 
 
 def test_cli_says_a_relaunched_finished_run_trained_nothing(data_dir, tmp_path, capsys):

@@ -58,7 +58,6 @@ def default_mtl_config() -> ml_collections.ConfigDict:
   c.num_tasks = 0
   c.seed = 0
   c.task_specific = []
-  c.rep_level = False
   return c
 
 
@@ -109,7 +108,7 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
   Args:
     cfg: a ConfigDict shaped like ``default_mtl_config()``.
   """
-  for key in ("method", "num_tasks", "seed", "task_specific", "rep_level"):
+  for key in ("method", "num_tasks", "seed", "task_specific"):
     _check(key in cfg, key, "missing key")
   _check(cfg.method in METHODS, "method",
          f"unknown method {cfg.method!r}; known: {', '.join(METHODS.names())}")
@@ -122,7 +121,6 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
       re.compile(pattern)
     except (re.error, TypeError) as e:
       raise ValueError(f"config.mtl.task_specific: bad regex {pattern!r}: {e}") from None
-  _check(isinstance(cfg.rep_level, bool), "rep_level", "must be a bool")
   _check(cfg.get("options") is None or isinstance(cfg.options, (dict, ml_collections.ConfigDict)),
          "options", f"must be a mapping of option -> value, got {cfg.get('options')!r}")
   METHODS.get(cfg.method)(**method_kwargs(cfg))

@@ -6,8 +6,8 @@ positive sign; a uniform ``U`` draws the sign kept: task ``t``'s value survives 
 ``sum_t (leak + (1 - leak) M_t) g_t``. It needs the gradients (per coordinate), not
 the Gram matrix; the shared ``[T, ...]`` leaves keep their layout.
 
-Where applied: the paper drops at an activation layer (with ``mtl.rep_level`` the
-gradients are those of the shared representation); TorchJD 0.18.0 applies it to the
+Where applied: the paper drops at an activation layer (with ``rep_value_and_grad``
+the gradients are those of the shared representation); TorchJD 0.18.0 applies it to the
 Jacobian rows as here. The uniform draws come from a PRNG key in the state, so a
 resumed run draws the same numbers (bit for bit).
 

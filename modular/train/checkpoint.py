@@ -244,6 +244,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     saved = json.load(f)
   from modular import config as config_lib
+  for (section, key), old in config_lib.OLD_RUN_DEFAULTS.items():
+    if isinstance(saved.get(section), dict) and key not in saved[section]:
+      saved[section][key] = old  # what the run trained with before the key existed
   return ml_collections.ConfigDict(_fill_missing(saved, config_lib.get_base_config().to_dict()))
 
 
