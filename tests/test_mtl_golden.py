@@ -148,19 +148,27 @@ def test_where_the_peer_stops_short_ours_solves_the_definition():
 
 
 def test_torchjd_conventions_we_depart_from():
-  """The paper's definitions differ from TorchJD's defaults by the documented amounts."""
-  worst = {}
-  for ours, key in ((mtl.UPGrad(), "upgrad"), (mtl.DualProj(), "dualproj"),
-                    (mtl.MGDA(), "mgda_default")):
+  """Like for like (our method with the peer's regularization) matches TorchJD tightly;
+  the gap of our paper defaults to the peer's defaults is printed, not asserted."""
+  worst, like = {}, {}
+  for ours, peer_like, key in ((mtl.UPGrad(), mtl.UPGrad(reg_eps=1e-4), "upgrad"),
+                               (mtl.DualProj(), mtl.DualProj(reg_eps=1e-4), "dualproj"),
+                               (mtl.MGDA(), None, "mgda_default")):
+    # MGDA's like-for-like check is TORCHJD's "mgda_exact" (TorchJD's Frank-Wolfe run
+    # to convergence); against its default stop only the gap is printed
+    same = _all_cases(peer_like) if peer_like is not None else None
     for case, (out, _) in _all_cases(ours).items():
       ref = np.asarray(TJD[key][case])
-      err = np.max(np.abs(out - ref)) / np.max(np.abs(ref))
-      worst[f"{key}/{case}"] = float(err)
-  print(json.dumps({"relative_gap_to_torchjd_defaults": worst}))
+      scale = np.max(np.abs(ref))
+      worst[f"{key}/{case}"] = float(np.max(np.abs(out - ref)) / scale)
+      if same is not None:
+        like[f"{key}/{case}"] = float(np.max(np.abs(same[case][0] - ref)) / scale)
   # Exact projection vs quadprog on G / tr(G) + 1e-4 I (largest where norms span 100x);
-  # exact min-norm point vs Frank-Wolfe stopped at a 1e-3 step.
-  assert max(v for k, v in worst.items() if k.startswith("upgrad")) < 0.3, worst
-  assert max(v for k, v in worst.items() if k.startswith("mgda")) < 0.06, worst
+  # exact min-norm point vs TorchJD's default Frank-Wolfe stopped at a 1e-3 step.
+  print(json.dumps({"relative_gap_to_torchjd_defaults": worst, "like_for_like": like}))
+  assert len(like) == 8
+  for k, v in like.items():
+    assert v < 5e-5, (k, v)
 
 
 def test_torchjd_random_methods_with_the_peers_draws():
