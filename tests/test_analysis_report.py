@@ -18,6 +18,9 @@ import re
 import shutil
 
 import numpy as np
+
+from modular.analysis.controls import control_verdict
+from modular.analysis.groups import GroupTest
 import pytest
 
 from modular.analysis import analyze_model, synthetic_batches, write_analysis, write_report
@@ -70,6 +73,14 @@ def test_write_report_from_run_folder(trained_run):
   # one sentence per view on top, the step-0 control analyzed, gated tasks marked
   assert "What the data support" in page and m["summary"] and "control" in m
   assert len(m["summary"]) >= len(m["groups"]["views"])
+  # every view's verdict is the one its control's own test gives, p-value included
+  assert m["groups"]["views"]
+  for view in m["groups"]["views"].values():
+    tests = [None if t is None else GroupTest(**{k: (np.nan if t[k] is None else t[k])
+                                                 for k in GroupTest.__dataclass_fields__})
+             for t in (view["test"], view["control"])]
+    assert view["verdict"] == control_verdict(*tests), view["name"]
+    assert view["verdict"] == "no control" or f"p = {tests[1].p:.3g}" in view["verdict"]
   for name, ok in zip(m["tasks"], m["competence"]["competent"]):
     assert ok or any(name in s and "left out" in s for s in m["summary"])
   assert isinstance(m["step"], int) and m["step"] > 0  # the trained checkpoint, stated on top
