@@ -107,20 +107,27 @@ class Trajectory:
 
 def run(method: mtl.Method, grads: np.ndarray, losses: np.ndarray,
         present: np.ndarray) -> Trajectory:
-  """Drives ``method.combine`` over the sequence under one ``jax.lax.scan``."""
-  reports = []  # whether the stats carry "weights" (known when tracing)
+  """Drives ``method.combine`` over the sequence under one ``jax.lax.scan``.
 
-  def step(state, xs):
-    g, l, p = xs
-    update, new, stats = method.combine(to_tree(g), state, losses=l, present=p)
-    reports.append("weights" in stats)
-    w = stats.get("weights", jnp.zeros((T,), jnp.float32))
-    flat = jnp.concatenate([update["a"].reshape(-1), update["b"].reshape(-1)])
-    return new, (flat, w, state, new)
+  The jitted scan is kept on the method instance: sequences of the same length run on
+  one compile.
+  """
+  if "_props_scan" not in method.__dict__:
+    reports = []  # whether the stats carry "weights" (known when tracing)
 
-  state = method.init(params_template())
-  _, (updates, weights, before, after) = jax.jit(lambda s, xs: jax.lax.scan(step, s, xs))(
-      state, (jnp.asarray(grads), jnp.asarray(losses), jnp.asarray(present, jnp.float32)))
+    def step(state, xs):
+      g, l, p = xs
+      update, new, stats = method.combine(to_tree(g), state, losses=l, present=p)
+      reports.append("weights" in stats)
+      w = stats.get("weights", jnp.zeros((T,), jnp.float32))
+      flat = jnp.concatenate([update["a"].reshape(-1), update["b"].reshape(-1)])
+      return new, (flat, w, state, new)
+
+    method._props_scan = (jax.jit(lambda s, xs: jax.lax.scan(step, s, xs)[1]), reports)
+  scan, reports = method._props_scan
+  updates, weights, before, after = scan(
+      method.init(params_template()),
+      (jnp.asarray(grads), jnp.asarray(losses), jnp.asarray(present, jnp.float32)))
   unstack = lambda tree: [jax.tree.map(lambda x, k=k: np.asarray(x[k]), tree)
                           for k in range(grads.shape[0])]
   return Trajectory(np.asarray(updates, np.float64),
@@ -217,3 +224,31 @@ def assert_present_tasks_train(name: str, traj: Trajectory, grads: np.ndarray,
         cos = u @ r / (np.linalg.norm(u) * np.linalg.norm(r) + 1e-30)
         assert cos > COS_TOL, (f"{name}: step {k}: the update has no component along task "
                                f"{t}'s own direction (cos {cos:.3g})")
+
+
+# ------------------------------------------------------------ steps with no task
+def assert_empty_steps_are_no_ops(name: str, method: mtl.Method, grads: np.ndarray,
+                                  losses: np.ndarray, present: np.ndarray, empty: int = 2):
+  """Property: ``empty`` steps with no task present in front of a sequence change nothing.
+
+  No task's state may learn from a step where it is absent, and a count that schedules
+  step sizes or bias corrections may count only steps where its task (or some task) is
+  present; then the updates after the empty steps are bit-identical to those without
+  them, and the empty steps' updates are 0. The sequence runs once with the empty steps
+  in front and once with them at the end (one compile: same length).
+
+  Args:
+    name: the method (for messages).
+    method: the method (each run starts from ``init``).
+    grads, losses, present: the sequence (``[N, T, D]``, ``[N, T]``, ``[N, T]``).
+    empty: how many steps with no task.
+  """
+  present = np.asarray(present, np.float32)
+  zeros = lambda x: np.zeros((empty,) + x.shape[1:], x.dtype)
+  front = run(method, *(np.concatenate([zeros(x), x]) for x in (grads, losses, present)))
+  back = run(method, *(np.concatenate([x, zeros(x)]) for x in (grads, losses, present)))
+  np.testing.assert_array_equal(front.updates[:empty], 0.0,
+                                err_msg=f"{name}: a step with no task present updates")
+  np.testing.assert_array_equal(
+      front.updates[empty:], back.updates[:-empty],
+      err_msg=f"{name}: {empty} steps with no task present change the later updates")

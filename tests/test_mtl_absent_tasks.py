@@ -19,6 +19,10 @@ task is present at step 6:
   CR-MOGM decayed its EMA towards 0 (and started a late task's EMA from 0), and GradNorm
   overwrote its first-loss entry with 0 before the task was ever present.
 
+* Steps with no task present are no-ops: put in front of the sequence they change no
+  later update (bit for bit). Before the fix ExcessMTL set every normaliser at such a
+  step and MoCo and DB-MTL advanced the step counts of their schedules.
+
 Plus the first-present-step rule for PCD's bias-corrected EMA, whose correction counts
 the task's own steps: at a task's first present step ``v_t = ||g_t||^2``, however late.
 """
@@ -61,29 +65,53 @@ NO_OWN_DIRECTION_CHECK = {
 }
 
 
+EMPTY = 2    # steps with no task, put in front of (or after) the sequence
+
+
+@functools.lru_cache(maxsize=None)
+def _method(name: str) -> mtl.Method:
+  return props.build(name)  # one instance per name: its jitted scan is reused
+
+
 @functools.lru_cache(maxsize=None)
 def _trajectory(name: str):
-  grads, losses = props.synthetic_sequence(PRESENT)
-  return grads, props.run(props.build(name), grads, losses, PRESENT)
+  """The sequence, then EMPTY steps with no task (the length the no-op test runs)."""
+  present = np.concatenate([PRESENT, np.zeros((EMPTY, props.T), np.float32)])
+  grads, losses = props.synthetic_sequence(present)
+  return grads, present, props.run(_method(name), grads, losses, present)
 
 
 @pytest.mark.parametrize("name", props.registry_names())
 def test_a_late_task_trains_within_a_few_steps(name):
-  grads, traj = _trajectory(name)
+  grads, present, traj = _trajectory(name)
   assert np.all(np.isfinite(traj.updates)), name
   props.assert_present_tasks_train(
-      name, traj, grads, PRESENT, from_step=K + WINDOW,
+      name, traj, grads, present, from_step=K + WINDOW,
       check_weights=name not in NO_WEIGHT_CHECK, check_own=name not in NO_OWN_DIRECTION_CHECK)
 
 
 @pytest.mark.parametrize("name", props.registry_names())
 def test_an_absent_task_leaves_its_state_entries_unchanged(name):
-  _, traj = _trajectory(name)
-  props.assert_absent_entries_unchanged(name, traj, PRESENT)
+  _, present, traj = _trajectory(name)
+  props.assert_absent_entries_unchanged(name, traj, present)
+
+
+RANDOM_DRAWS = {
+    "rlw": "its weights are fresh random draws; the PRNG key advances at every step (so a "
+           "resumed run draws the same numbers), empty steps included",
+}
+
+
+@pytest.mark.parametrize("name", props.registry_names())
+def test_steps_with_no_task_change_nothing(name):
+  if name in RANDOM_DRAWS:
+    pytest.skip(RANDOM_DRAWS[name])
+  grads, losses = props.synthetic_sequence(PRESENT)
+  props.assert_empty_steps_are_no_ops(name, _method(name), grads, losses, PRESENT, EMPTY)
 
 
 def test_exemptions_name_registered_methods():
-  for name in (*NO_WEIGHT_CHECK, *NO_OWN_DIRECTION_CHECK):
+  for name in (*NO_WEIGHT_CHECK, *NO_OWN_DIRECTION_CHECK, *RANDOM_DRAWS):
     assert name in props.registry_names(), name
 
 
