@@ -1,9 +1,9 @@
 """A task absent from some batches: no method's state learns from its absence.
 
-Small mixed batches often miss a task, the first batch included. Two properties over
-the whole registry (``mtl_properties``), on one 12-step sequence per method in which
-task 2 is absent for the first ``K`` steps, tasks 0 and 1 each miss a later step and no
-task is present at step 6:
+Small mixed batches often miss a task, the first batch included. Three properties over
+the whole registry (``mtl_properties``), on a 12-step sequence in which task 2 is absent
+for the first ``K`` steps, tasks 0 and 1 each miss a later step and no task is present
+at step 6 (one compile per method, about 20 s for the file on 2 cores):
 
 * A task absent for its first ``K`` steps trains once it appears: within ``WINDOW``
   steps, every present task (the late one and the others) gets a positive weight, and
@@ -18,10 +18,10 @@ task is present at step 6:
   MoCo, MoDo and SDMGrad zeroed an absent task's simplex weight (it restarted from 0),
   CR-MOGM decayed its EMA towards 0 (and started a late task's EMA from 0), and GradNorm
   overwrote its first-loss entry with 0 before the task was ever present.
-
 * Steps with no task present are no-ops: put in front of the sequence they change no
   later update (bit for bit). Before the fix ExcessMTL set every normaliser at such a
-  step and MoCo and DB-MTL advanced the step counts of their schedules.
+  step, MoCo and DB-MTL advanced the step counts of their schedules, and TrimmedMean's
+  update at such a step was ``inf``.
 
 Plus the first-present-step rule for PCD's bias-corrected EMA, whose correction counts
 the task's own steps: at a task's first present step ``v_t = ||g_t||^2``, however late.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
