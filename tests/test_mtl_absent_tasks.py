@@ -23,8 +23,10 @@ at step 6 (one compile per method, about 20 s for the file on 2 cores):
   step, MoCo and DB-MTL advanced the step counts of their schedules, and TrimmedMean's
   update at such a step was ``inf``.
 
-Plus the first-present-step rule for PCD's bias-corrected EMA, whose correction counts
-the task's own steps: at a task's first present step ``v_t = ||g_t||^2``, however late.
+Plus the first-present-step rule where no generic property sees it: PCD's EMA bias
+correction counts the task's own steps (at a task's first present step
+``v_t = ||g_t||^2``, however late), and CR-MOGM's average of a late task starts at the
+base's weight (``lambda_t = lambda_hat_t``), checked against a stateless MGDA.
 """
 
 from __future__ import annotations
@@ -134,3 +136,13 @@ def test_pcd_bias_correction_counts_a_tasks_own_steps():
   count = np.broadcast_to(state.steps, (3,))[2]     # the steps its correction counts
   v = float(state.sq_norm_ema[2]) / (1.0 - method.beta ** count)
   np.testing.assert_allclose(v, float(np.sum(grads[5, 2].astype(np.float64) ** 2)), rtol=1e-4)
+
+
+def test_cr_mogm_starts_a_late_tasks_average_at_its_first_present_step():
+  """``lambda_t = lambda_hat_t`` at task 2's first present step (not ``0.1 lambda_hat_t``)."""
+  grads, losses = props.synthetic_sequence(PRESENT)
+  ema = props.run(mtl.CRMOGM(num_tasks=3, base="mgda"), grads, losses, PRESENT).weights
+  base = props.run(mtl.MGDA(), grads, losses, PRESENT).weights   # stateless: lambda_hat
+  np.testing.assert_allclose(ema[K, LATE], base[K, LATE], rtol=1e-6)
+  np.testing.assert_allclose(ema[K + 1, LATE], 0.9 * base[K, LATE] + 0.1 * base[K + 1, LATE],
+                             rtol=1e-5)
