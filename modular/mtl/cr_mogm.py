@@ -6,6 +6,11 @@ default, as in the paper) gives this step; ``lambda_1 = lambda_hat_1``. The upda
 ``sum_t lambda_t g_t``. The base method's state and ``lambda`` are the state:
 checkpoints and resumes bit for bit. The base runs with its default options.
 
+Absent tasks: the average runs over the steps where a task is present. An absent task
+keeps its ``lambda_t`` (and gets 0 in the update), and ``lambda_t = lambda_hat_t`` at
+the task's first present step, not at the run's first step (the EMA of a task missing
+from the first batch would otherwise start from 0 and climb by ``1 - alpha`` a step).
+
 References:
   Zhou et al. 2022, "On the Convergence of Stochastic Multi-Objective Gradient
   Manipulation and Beyond", NeurIPS (CR-MOGM); TorchJD 0.18.0's ``CRMOGMWeighting`` is
@@ -27,7 +32,7 @@ from modular.mtl.options import in_range, option
 class CRMOGMState(NamedTuple):
   base: Any               # the base method's state
   weights: jax.Array      # [T] lambda
-  started: jax.Array      # bool []
+  started: jax.Array      # [T] bool: the task has been present
 
 
 def _gram_method(name: str) -> str | None:
@@ -63,17 +68,17 @@ class CRMOGM(Method):
   def init(self, params):
     t = self._require_num_tasks()
     return CRMOGMState(self._base.init(params), jnp.zeros((t,), jnp.float32),
-                       jnp.zeros((), bool))
+                       jnp.zeros((t,), bool))
 
   def solve(self, gram, state, losses, present):
     contrib, base_state, extra = self._base.solve(gram, state.base, losses, present)
     hat = jnp.sum(contrib * present[:, None] * present[None, :], axis=0)
+    p = present > 0
     lam = jnp.where(state.started, self.alpha * state.weights + (1 - self.alpha) * hat, hat)
-    lam = jnp.where(jnp.isfinite(lam), lam, state.weights)
-    new = CRMOGMState(base_state, lam, state.started | jnp.any(present > 0))
+    lam = jnp.where(jnp.isfinite(lam) & p, lam, state.weights)
+    new = CRMOGMState(base_state, lam, state.started | p)
     return jnp.diag(lam), new, {f"base_{k}": v for k, v in extra.items()}
 
   def weight_bounds(self, num_tasks):
-    """An EMA of the base's weights and of 0 (steps where a task was absent)."""
-    low, high = self._base.weight_bounds(num_tasks)
-    return min(0.0, low), max(0.0, high)
+    """An EMA of the base's weights at the steps where the task is present."""
+    return self._base.weight_bounds(num_tasks)

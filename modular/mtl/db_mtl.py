@@ -7,8 +7,10 @@ Loss-scale balancing: each task trains on ``log L_t``, whose gradient is
 ``update = sum_t (max_s ||ghat_s|| / ||ghat_t||) ghat_t`` (Algorithm 1; ``beta = 0.9``,
 ``sigma = 0.5``). The EMA is per coordinate, so this method needs the gradients and keeps
 ``[T, ...]`` state shaped like the shared parameters (T times their memory); it and the
-step count are the state: checkpoints and resumes bit for bit. Losses are floored at
-``eps``; absent tasks keep their EMA and get weight 0. The update is a combination of
+step counts are the state: checkpoints and resumes bit for bit. Losses are floored at
+``eps``; absent tasks keep their EMA and get weight 0. Each task's ``k`` counts its own
+present steps, so the EMA of a task missing from the first batches starts at ``k = 1``
+when it appears, as every task's does at the run's first step. The update is a combination of
 the tracked gradients, not of this step's (``linear_in_grads = False``); ``weights`` in
 the stats are the coefficients ``max ||ghat|| / ||ghat_t||``.
 
@@ -34,7 +36,7 @@ from modular.mtl.options import at_least, greater, in_range, option
 
 class TrackedState(NamedTuple):
   tracked: tuple          # per shared leaf [T, ...]
-  steps: jax.Array        # int32 []
+  steps: jax.Array        # int32 [T] present steps of each task
 
 
 def task_norms(leaves) -> jax.Array:
@@ -67,23 +69,24 @@ class DBMTL(LeafwiseMethod):
 
   def init(self, params):
     t = self._require_num_tasks()
-    return TrackedState(self.shared_zeros(params, t), jnp.zeros((), jnp.int32))
+    return TrackedState(self.shared_zeros(params, t), jnp.zeros((t,), jnp.int32))
 
   def aggregate(self, leaves, state, gram, losses, present):
     del gram
     if losses is None:
       raise ValueError("mtl method 'db_mtl' needs losses= in combine/update")
     p = present > 0
-    k = (state.steps + 1).astype(jnp.float32)
-    b = self.beta / k ** self.sigma
+    steps = state.steps + p.astype(jnp.int32)
+    b = self.beta / jnp.maximum(steps, 1).astype(jnp.float32) ** self.sigma      # [T]
     inv = jnp.where(p, 1.0 / jnp.maximum(jnp.asarray(losses, jnp.float32), self.eps), 0.0)
     shape = lambda x: (-1,) + (1,) * (x.ndim - 1)
     tracked = tuple(
-        jnp.where(p.reshape(shape(y)), b * y + (1 - b) * g.astype(jnp.float32)
-                  * inv.reshape(shape(y)), y) for g, y in zip(leaves, state.tracked))
+        jnp.where(p.reshape(shape(y)), b.reshape(shape(y)) * y + (1 - b.reshape(shape(y)))
+                  * g.astype(jnp.float32) * inv.reshape(shape(y)), y)
+        for g, y in zip(leaves, state.tracked))
     norms = task_norms(tracked)
     top = jnp.max(jnp.where(p, norms, 0.0))
     coef = jnp.where(p & (norms > top * 1e-30), top / jnp.where(norms > 0, norms, 1.0), 0.0)
     coef = jnp.where(jnp.isfinite(coef), coef, 0.0)
     out = [jnp.tensordot(coef, y, axes=(0, 0)).astype(g.dtype) for g, y in zip(leaves, tracked)]
-    return out, TrackedState(tracked, state.steps + 1), {"weights": coef}
+    return out, TrackedState(tracked, steps), {"weights": coef}

@@ -12,7 +12,15 @@ everything (accumulators, weights, first risks, step count) is in the state:
 checkpoints and resumes bit for bit.
 
 TorchJD 0.18.0's ``ExcessMTL`` is the reference (same normalisation: with no warm-up
-the first step's risks are not divided). Absent tasks keep their weight and get 0.
+the first step's risks are not divided).
+
+Absent tasks: warm-up, normaliser and first step are per task and count the task's own
+present steps, so a task missing from the first batches takes its normaliser from its
+first present step(s). An absent task keeps its state entries and weight, gets 0 in the
+update, and sits out the mirror-descent step (so do tasks still in their warm-up).
+Before, the normaliser was taken at the run's first step, where an absent task's risk is
+0: its later risks were divided by 1e-7, its weight went to 1 and every other task's to 0
+for the rest of the run.
 
 References:
   He et al. 2024, "Robust Multi-Task Learning with Excess Risks", ICML, Algorithm 1.
@@ -36,7 +44,7 @@ class ExcessMTLState(NamedTuple):
   weights: jax.Array      # [T]
   initial: jax.Array      # [T] first (or warm-up mean) risks
   warm_sum: jax.Array     # [T]
-  steps: jax.Array        # int32 []
+  steps: jax.Array        # int32 [T] present steps of each task
 
 
 @register("excess_mtl")
@@ -59,32 +67,33 @@ class ExcessMTL(LeafwiseMethod):
     t = self._require_num_tasks()
     z = jnp.zeros((t,), jnp.float32)
     return ExcessMTLState(self.shared_zeros(params, t), jnp.full((t,), 1.0 / t, jnp.float32),
-                          z, z, jnp.zeros((), jnp.int32))
+                          z, z, jnp.zeros((t,), jnp.int32))
 
   def aggregate(self, leaves, state, gram, losses, present):
     del gram, losses
     p = present > 0
-    acc = state.sq_sum
     new_acc, risk = [], jnp.zeros_like(state.weights)
-    for g, a in zip(leaves, acc):
+    for g, a in zip(leaves, state.sq_sum):
       sq = jnp.square(g.astype(jnp.float32))
-      a = a + sq
+      a = jnp.where(p.reshape((-1,) + (1,) * (g.ndim - 1)), a + sq, a)
       new_acc.append(a)
       risk = risk + jnp.sum(sq / jnp.sqrt(a + 1e-7), axis=tuple(range(1, g.ndim)))
-    warm = state.steps < self.n_warmup_steps
+    risk = jnp.where(p, risk, 0.0)
+    n_warm = self.n_warmup_steps
+    warm = p & (state.steps < n_warm)                      # [T] in its warm-up
     warm_sum = jnp.where(warm, state.warm_sum + risk, state.warm_sum)
-    first = state.steps == self.n_warmup_steps
-    initial = jnp.where(first, warm_sum / max(self.n_warmup_steps, 1)
-                        if self.n_warmup_steps > 0 else risk, state.initial)
-    scaled = jnp.where(first & (self.n_warmup_steps == 0), risk, risk / (initial + 1e-7))
+    first = p & (state.steps == n_warm)                    # [T] its normaliser is set now
+    initial = jnp.where(first, warm_sum / n_warm if n_warm > 0 else risk, state.initial)
+    scaled = jnp.where(first & (n_warm == 0), risk, risk / (initial + 1e-7))
+    ready = p & (state.steps >= n_warm)                    # [T] takes the weight step
     logw = jnp.log(jnp.maximum(state.weights, 1e-30))
-    z = jnp.where(p, logw + self.robust_step_size * scaled, -jnp.inf)
-    stepped = jnp.where(p, jax.nn.softmax(z) * jnp.sum(jnp.where(p, state.weights, 0.0)),
+    z = jnp.where(ready, logw + self.robust_step_size * scaled, -jnp.inf)
+    stepped = jnp.where(ready, jax.nn.softmax(z) * jnp.sum(jnp.where(ready, state.weights, 0.0)),
                         state.weights)
-    weights = jnp.where(warm | ~jnp.any(p), state.weights, stepped)
+    weights = jnp.where(jnp.any(ready), stepped, state.weights)
     weights = jnp.where(jnp.isfinite(weights), weights, state.weights)
-    sq_sum = tuple(new_acc)
     out = [jnp.tensordot(jnp.where(p, weights, 0.0).astype(g.dtype), g, axes=(0, 0))
            for g in leaves]
-    new = ExcessMTLState(sq_sum, weights, initial, warm_sum, state.steps + 1)
+    new = ExcessMTLState(tuple(new_acc), weights, initial, warm_sum,
+                         state.steps + p.astype(jnp.int32))
     return out, new, {"weights": jnp.where(p, weights, 0.0)}

@@ -73,7 +73,8 @@ def gradnorm_step(state: GradNormState, norms: jax.Array, losses: jax.Array,
   p = (present > 0) & jnp.isfinite(losses) & jnp.isfinite(norms)
   losses, norms = jnp.where(p, losses, 0.0), jnp.where(p, norms, 0.0)
   n_present = jnp.maximum(jnp.sum(p), 1)
-  initial = jnp.where(state.seen, state.initial_losses, losses)
+  # L_t(0) is the loss at the task's first present step; absent tasks keep their entry.
+  initial = jnp.where(state.seen | ~p, state.initial_losses, losses)
   safe = jnp.where(initial > 0, initial, 1.0)
   ratio = jnp.where(initial > 0, losses / safe, jnp.where(losses > 0, MAX_RATIO, 1.0))
   ratio = jnp.where(p, jnp.clip(ratio, 0.0, MAX_RATIO), 0.0)

@@ -13,6 +13,12 @@ Two kinds of method share one interface:
   calls ``observe`` with the losses. Their ``combine`` also works (``C = diag(w)``),
   so every method is usable as an optax transform over ``[T, ...]`` gradients.
 
+Absent tasks (``present[t] = 0``: no example of task ``t`` in the batch, so its loss and
+gradient are 0) get weight 0 and never enter the state: their entries keep their bits,
+and a value a method takes "from the first step" (a first loss, a normaliser, an EMA's
+bias correction) is taken at the task's first present step, counting that task's own
+steps. ``tests/test_mtl_absent_tasks.py`` checks this over the whole registry.
+
 ``as_optax`` returns an ``optax.GradientTransformationExtraArgs`` whose update takes
 the per-task gradients and keyword-only ``losses=`` and ``present=``, so that
 ``optax.chain(mtl.pcgrad(), optax.adam(1e-3))`` works outside our loop.
@@ -131,7 +137,8 @@ class Method:
       gram: ``[T, T]`` Gram matrix of the shared gradients.
       state: the method state.
       losses: ``[T]`` per-task losses or None.
-      present: ``[T]`` float 0/1; absent tasks must get zero coefficients.
+      present: ``[T]`` float 0/1; absent tasks must get zero coefficients and keep
+        their state entries unchanged.
 
     Returns:
       ``(contrib [T, T], new_state, extra_stats)``.

@@ -8,8 +8,12 @@ min-norm objective of the tracked gradients,
 (``beta = 0.5``, ``gamma = 0.1``, both sigmas 0.5, ``rho = 0``: the values of the paper's
 multi-task experiments). The tracked gradients are per coordinate: ``[T, ...]`` state
 shaped like the shared parameters (T times their memory); with ``lambda`` and the step
-count they are the state: checkpoints and resumes bit for bit. ``weights`` in the stats
+counts they are the state: checkpoints and resumes bit for bit. ``weights`` in the stats
 is ``lambda`` (applied to the tracked gradients, ``linear_in_grads = False``).
+
+Absent tasks: a task's tracking rate ``beta_k`` counts its own present steps (``k = 1``
+at its first, however late), its ``y_t`` and ``lambda_t`` are kept while it is absent,
+and it gets 0 in the update; ``gamma_k`` counts the steps where some task is present.
 
 NumPy reference from Algorithm 2 in ``tests/golden/mtl/make_golden.py``.
 
@@ -35,7 +39,8 @@ from modular.mtl.options import at_least, greater, in_range, option
 class MoCoState(NamedTuple):
   tracked: tuple          # per shared leaf [T, ...]
   weights: jax.Array      # [T] lambda
-  steps: jax.Array        # int32 []
+  steps: jax.Array        # int32 [] steps with some task present (gamma_k)
+  counts: jax.Array       # int32 [T] present steps of each task (beta_k)
 
 
 @register("moco")
@@ -62,24 +67,27 @@ class MoCo(LeafwiseMethod):
   def init(self, params):
     t = self._require_num_tasks()
     return MoCoState(self.shared_zeros(params, t), jnp.full((t,), 1.0 / t, jnp.float32),
-                     jnp.zeros((), jnp.int32))
+                     jnp.zeros((), jnp.int32), jnp.zeros((t,), jnp.int32))
 
   def aggregate(self, leaves, state, gram, losses, present):
     del gram, losses
     p = present > 0
-    k = (state.steps + 1).astype(jnp.float32)
-    b = self.beta / k ** self.beta_sigma
+    counts = state.counts + p.astype(jnp.int32)
+    b = self.beta / jnp.maximum(counts, 1).astype(jnp.float32) ** self.beta_sigma   # [T]
     shape = lambda x: (-1,) + (1,) * (x.ndim - 1)
-    tracked = tuple(jnp.where(p.reshape(shape(y)), y - b * (y - g.astype(jnp.float32)), y)
+    tracked = tuple(jnp.where(p.reshape(shape(y)),
+                              y - b.reshape(shape(y)) * (y - g.astype(jnp.float32)), y)
                     for g, y in zip(leaves, state.tracked))
     yy = sum(jax.lax.dot_general(y, y, ((tuple(range(1, y.ndim)),) * 2, ((), ())))
              for y in tracked)                                              # [T, T]
     lam = jnp.where(p, state.weights, 0.0)
+    k = (state.steps + 1).astype(jnp.float32)
     step = self.gamma / k ** self.gamma_sigma
     new = qp.project_simplex(lam - step * (yy @ lam + self.rho * lam), p)
     uniform = jnp.where(p, 1.0, 0.0) / jnp.maximum(jnp.sum(p), 1)
     new = jnp.where(jnp.all(jnp.isfinite(new)), new, uniform)
-    new = jnp.where(jnp.any(p), new, state.weights)
     coef = jnp.where(p, new, 0.0)
     out = [jnp.tensordot(coef, y, axes=(0, 0)).astype(g.dtype) for g, y in zip(leaves, tracked)]
-    return out, MoCoState(tracked, new, state.steps + 1), {"weights": coef}
+    new_state = MoCoState(tracked, jnp.where(p, new, state.weights),
+                          state.steps + jnp.any(p).astype(jnp.int32), counts)
+    return out, new_state, {"weights": coef}

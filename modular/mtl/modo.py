@@ -9,7 +9,9 @@ checkpoints and resumes bit for bit.
 Convention: the paper forms ``G = J_1 J_2^T`` from two independent mini-batches (and
 the update from a third) for its unbiasedness guarantee; in our one-batch step
 ``G = J J^T`` (TorchJD's ``MoDoWeighting`` accepts either; the golden test feeds it
-``J J^T``). Absent tasks get weight 0 and are left out of the projection.
+``J J^T``). Absent tasks get weight 0 and are left out of the projection; their
+entries of ``lambda`` keep their value (a task absent from the first batches starts
+from the uniform ``1 / T`` when it appears, not from 0).
 
 References:
   Chen et al. 2023, "Three-Way Trade-Off in Multi-Objective Learning: Optimization,
@@ -61,5 +63,4 @@ class MoDo(Method):
     lam = jnp.where(p, state, 0.0)
     new = qp.project_simplex(lam - self.gamma * (gram @ lam + self.rho * lam), p)
     new = _finite_or(new, jnp.where(p, 1.0, 0.0) / jnp.maximum(jnp.sum(p), 1))
-    keep = jnp.where(jnp.any(p), new, state)
-    return jnp.diag(new), keep, {}
+    return jnp.diag(new), jnp.where(p, new, state), {}

@@ -10,8 +10,11 @@ whose solution is ``d = g~_1 + sum_j mu_j g~_j`` with ``mu >= 0`` the KKT multip
 ``mu = argmin_{mu >= 0} 1/2 mu^T G~_s mu - b^T mu``, ``b_j = tau G~_jj - G~_j1`` (a
 nonnegative QP on the Gram matrix, ``qp.nonneg_qp``; TorchJD 0.18.0 uses Goldfarb-Idnani's
 active set, ``_solve_qp``). The output is ``d`` rescaled to ``||g_1||``; zero when
-``g_1 = 0`` or ``d`` vanishes. The EMA and the step count are the state: checkpoints
-and resumes bit for bit.
+``g_1 = 0`` or ``d`` vanishes. The EMA and the step counts are the state: checkpoints
+and resumes bit for bit. Each task's EMA and its bias correction count that task's
+present steps only (an absent task's entries are kept), so ``v_t = ||g_t||^2`` at the
+task's first present step however late it comes; a global count would shrink a late
+task's ``v_t`` by about the number of steps it missed and inflate its scale.
 
 Differences: TorchJD drops the constraints when they are infeasible (returns ``g_1``);
 projected Gauss-Seidel instead returns the multipliers after its fixed sweeps. With the
@@ -39,7 +42,7 @@ from modular.mtl.options import at_least, greater, in_range, option
 
 class PCDState(NamedTuple):
   sq_norm_ema: jax.Array   # [T]
-  steps: jax.Array         # int32 []
+  steps: jax.Array         # int32 [T] present steps of each task
 
 
 def pcd_weights(gram, state, present, tau: float, beta: float, eps: float, sweeps: int):
@@ -49,8 +52,9 @@ def pcd_weights(gram, state, present, tau: float, beta: float, eps: float, sweep
   g = jnp.where(p[:, None] & p[None, :], gram, 0.0)
   sq = jnp.diag(g)
   ema = jnp.where(p, beta * state.sq_norm_ema + (1 - beta) * sq, state.sq_norm_ema)
-  steps = state.steps + 1
-  v = ema / (1.0 - beta ** steps.astype(jnp.float32))
+  steps = state.steps + p.astype(jnp.int32)
+  correction = jnp.where(steps > 0, 1.0 - beta ** steps.astype(jnp.float32), 1.0)
+  v = ema / correction
   denom = jnp.sqrt(v + eps)
   scales = jnp.where((denom > 0) & p, 1.0 / jnp.where(denom > 0, denom, 1.0), 0.0)
   gn = g * scales[:, None] * scales[None, :]
@@ -67,7 +71,7 @@ def pcd_weights(gram, state, present, tau: float, beta: float, eps: float, sweep
   weights = jnp.where(p[0], weights, mean)
   weights = jnp.where(jnp.all(jnp.isfinite(weights)), weights, mean)
   del t
-  return weights, PCDState(ema, jnp.where(jnp.any(p), steps, state.steps))
+  return weights, PCDState(ema, steps)
 
 
 @register("pcd")
@@ -91,8 +95,8 @@ class PCD(Method):
 
   def init(self, params):
     del params
-    return PCDState(jnp.zeros((self._require_num_tasks(),), jnp.float32),
-                    jnp.zeros((), jnp.int32))
+    t = self._require_num_tasks()
+    return PCDState(jnp.zeros((t,), jnp.float32), jnp.zeros((t,), jnp.int32))
 
   def solve(self, gram, state, losses, present):
     del losses

@@ -10,7 +10,8 @@ checkpoints and resumes bit for bit.
 
 Convention: the paper uses ``A = J_1 J_2^T`` from two independent batches; our
 one-batch step uses ``G = J J^T`` (the golden test feeds TorchJD's
-``SDMGradWeighting`` the same ``J J^T``). Absent tasks get weight 0.
+``SDMGradWeighting`` the same ``J J^T``). Absent tasks get weight 0 and keep their
+entry of ``w``.
 
 References:
   Xiao et al. 2023, "Direction-oriented Multi-objective Learning: Simple and Provable
@@ -72,6 +73,5 @@ class SDMGrad(Method):
     w0 = jnp.where(p, state, 0.0)
     w, _ = jax.lax.fori_loop(0, self.n_iter, step, (w0, jnp.zeros_like(w0)))
     w = _finite_or(w, pref)
-    w = jnp.where(jnp.any(p), w, state)
     weights = jnp.where(p, (w + self.lambda_ * pref) / (1.0 + self.lambda_), 0.0)
-    return jnp.diag(weights), w, {}
+    return jnp.diag(weights), jnp.where(p, w, state), {}

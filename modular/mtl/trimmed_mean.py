@@ -6,7 +6,8 @@ needs the gradients themselves, not the Gram matrix (``leafwise.LeafwiseMethod``
 sorts each shared ``[T, ...]`` leaf along its task axis in place (no flattening).
 
 With ``P`` present tasks the trim is clamped to ``(P - 1) // 2`` (TorchJD raises when
-``P < 2 trim + 1``), so T = 1 returns the one gradient. ``trim=0`` is the mean.
+``P < 2 trim + 1``), so T = 1 returns the one gradient, and a step with no task
+present returns 0 (it summed an ``inf`` padding before). ``trim=0`` is the mean.
 
 References:
   Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal
@@ -29,7 +30,7 @@ def trimmed_mean(g, present, trim: int):
   """Trimmed mean over axis 0 of ``g`` ``[T, ...]`` among present tasks ``[T]``."""
   p = present > 0
   num = jnp.sum(p)
-  k = jnp.minimum(trim, (num - 1) // 2)
+  k = jnp.maximum(jnp.minimum(trim, (num - 1) // 2), 0)  # no task present: k = 0, sum 0
   shape = (-1,) + (1,) * (g.ndim - 1)
   srt = jnp.sort(jnp.where(p.reshape(shape), g, jnp.inf), axis=0)       # present first
   idx = jnp.arange(g.shape[0]).reshape(shape)
