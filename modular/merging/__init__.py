@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 from modular.merging import ops
-from modular.merging.merge import merge, merge_deltas
+from modular.merging.driver import merge, merge_deltas
 from modular.merging.method import METHODS, MergeMethod, build, register
 from modular.merging.task_vectors import apply, check_compatible, task_vector
 

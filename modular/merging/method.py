@@ -2,7 +2,7 @@
 
 A merging method turns ``T`` task vectors into one update of the base model. It works one
 parameter tensor (one leaf) at a time: ``combine(tau [T, *shape], weights [T]) ->
-delta [*shape]``, and the merged model is ``base + scaling * delta`` (``merge.py``).
+delta [*shape]``, and the merged model is ``base + scaling * delta`` (``driver.py``).
 Only one leaf of the ``T`` task vectors is stacked at a time, never ``T`` models.
 
 A method is a dataclass whose fields are its options (defaults from its paper), each with
