@@ -1,11 +1,12 @@
-"""Merging methods against huggingface/peft's merge utilities, NumPy, and shared properties.
+"""Merging methods against peft's and mergekit's merges, NumPy, and shared properties.
 
 ``tests/golden/merging.npz`` holds peft 0.21.2's ``task_arithmetic``, ``magnitude_prune``,
 ``ties`` (both sign methods), ``dare_linear`` and ``dare_ties`` on fixed random tensors,
 written by ``tests/golden/make_merging_golden.py`` (torch and peft are never needed
-here). peft trims per tensor (our ``trim_scope="tensor"``), its ``density`` is our ``k``
-and ``1 - p``; DARE is fed the mask peft drew. The paper's whole-model trim of TIES and
-Model Breadcrumbs are checked against NumPy references. Every registered method passes
+here), and mergekit 0.1.5's ``breadcrumbs`` and unit-weight ``ties``. peft trims per
+tensor (our ``trim_scope="tensor"``), its ``density`` is our ``k`` and ``1 - p``; DARE is
+fed the mask peft drew. The paper's whole-model trim of TIES and the paper's
+``beta``/``gamma`` rule of Model Breadcrumbs are checked against NumPy references. Every registered method passes
 the same properties: one task gives ``base + lambda * tau``, the order of the tasks does
 not matter, zero task vectors give the base back.
 """
@@ -67,6 +68,22 @@ def test_matches_peft_per_leaf(golden, entry):
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL, err_msg=f"{entry} {leaf}")
     if entry not in ("task_arithmetic",):  # the sparsified methods really drop entries
       assert np.mean(want == 0) > 0 or entry.startswith("dare")
+
+
+def test_matches_mergekit(golden):
+  """Breadcrumbs with mergekit's kept fraction; TIES with unit weights (mergekit == peft)."""
+  k, gamma = (float(x) for x in golden["crumbs"])
+  crumbs = Breadcrumbs(k=k, gamma=gamma, scaling=1.0)
+  ties = TIES(k=float(golden["density"]), trim_scope="tensor")
+  w = jnp.asarray(golden["weights"])
+  for leaf in _leaves(golden):
+    tau = jnp.asarray(golden[f"{leaf}/tau"])
+    want = golden[f"{leaf}/mergekit_breadcrumbs"]
+    kept = np.asarray(merging.ops.outlier_mask(tau, 0.0, gamma, k)).reshape(3, -1).sum(1)
+    assert list(kept) == [int(k * tau[0].size)] * 3  # both tails dropped per task
+    np.testing.assert_allclose(np.asarray(crumbs.combine(tau, w)), want, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(ties.combine(tau, jnp.ones(3))),
+                               golden[f"{leaf}/mergekit_ties_unit"], rtol=0, atol=ATOL)
 
 
 def test_merge_driver_matches_peft_on_a_pytree(golden):

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import pkgutil
@@ -145,11 +146,20 @@ def build(name: str, options: Mapping[str, Any] | None = None) -> MergeMethod:
     if key not in fields:
       raise ValueError(f"{error_key(key)}: unknown option of {name!r}; known: "
                        f"{', '.join(sorted(fields))}")
+    if fields[key].default is None and isinstance(value, str):  # "not set" by default
+      value = None if value.lower() == "none" else _literal(key, value)
     try:
       kwargs[key] = options_lib._coerce(key, value, fields[key].default)  # pylint: disable=protected-access
     except ValueError as e:
       raise ValueError(str(e).replace("config.mtl.options.", "merging.options.")) from None
   return cls(**kwargs)
+
+
+def _literal(key: str, value: str) -> Any:
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    raise ValueError(f"{error_key(key)}: cannot parse {value!r}") from None
 
 
 def ones_weights(num_tasks: int, weights: Any = None) -> jax.Array:

@@ -82,21 +82,30 @@ def threshold_mask(tau: jax.Array, thresholds: jax.Array) -> jax.Array:
   return jnp.abs(tau).astype(jnp.float32) >= thr
 
 
-def outlier_mask(tau: jax.Array, beta: float, gamma: float) -> jax.Array:
+def outlier_mask(tau: jax.Array, beta: float, gamma: float,
+                 k: float | None = None) -> jax.Array:
   """Drops the smallest ``beta`` and the largest ``gamma`` fractions of ``|tau|`` per task.
 
   Args:
     tau: ``[T, *shape]``.
     beta: fraction of the smallest magnitudes dropped (``int(beta * n)`` entries).
     gamma: fraction of the largest magnitudes dropped (``int(gamma * n)`` entries).
+    k: mergekit's rule instead of ``beta`` when set: keep ``int(k * n)`` entries, above
+      the ``n - int(k n) - int(gamma n)`` smallest (fewer outliers dropped when that is
+      negative).
 
   Returns:
     bool ``[T, *shape]``: True for the entries whose magnitude rank (ascending, ``0..n-1``)
-    lies in ``[int(beta n), n - int(gamma n))``.
+    lies in ``[low, high)``: ``[int(beta n), n - int(gamma n))``, or with ``k``
+    ``[low, low + int(k n))`` with ``low = max(0, n - int(k n) - int(gamma n))``.
   """
   flat = jnp.abs(_flat(tau))
   n = flat.shape[1]
-  low, high = int(beta * n), n - int(gamma * n)
+  if k is None:
+    low, high = int(beta * n), n - int(gamma * n)
+  else:
+    low = max(0, n - int(k * n) - int(gamma * n))
+    high = low + int(k * n)
   ranks = jnp.argsort(jnp.argsort(flat, axis=1), axis=1)  # [T, n] ascending rank
   return ((ranks >= low) & (ranks < high)).reshape(tau.shape)
 
