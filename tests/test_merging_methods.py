@@ -1,14 +1,15 @@
 """Merging methods against peft's and mergekit's merges, NumPy, and shared properties.
 
 ``tests/golden/merging.npz`` holds peft 0.21.2's ``task_arithmetic``, ``magnitude_prune``,
-``ties`` (both sign methods), ``dare_linear`` and ``dare_ties`` on fixed random tensors,
-written by ``tests/golden/make_merging_golden.py`` (torch and peft are never needed
-here), and mergekit 0.1.5's ``breadcrumbs`` and unit-weight ``ties``. peft trims per
-tensor (our ``trim_scope="tensor"``), its ``density`` is our ``k`` and ``1 - p``; DARE is
-fed the mask peft drew. The paper's whole-model trim of TIES and the paper's
-``beta``/``gamma`` rule of Model Breadcrumbs are checked against NumPy references. Every registered method passes
-the same properties: one task gives ``base + lambda * tau``, the order of the tasks does
-not matter, zero task vectors give the base back.
+``ties`` (both sign methods), ``dare_linear`` and ``dare_ties``, and mergekit 0.1.5's
+``breadcrumbs`` and unit-weight ``ties``, on fixed random tensors, written by
+``tests/golden/make_merging_golden.py`` (torch, peft and mergekit are never needed here).
+peft trims per tensor (our ``trim_scope="tensor"``), its ``density`` is our ``k`` and
+``1 - p``; DARE is fed the mask peft drew. The paper's whole-model trim of TIES and the
+paper's ``beta``/``gamma`` rule of Model Breadcrumbs are checked against NumPy
+references. Every registered method passes the same properties: one task gives
+``base + lambda * tau``, the order of the tasks does not matter, zero task vectors give
+the base back.
 """
 
 from __future__ import annotations

@@ -53,8 +53,9 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path):
 
 
 def test_different_bases_are_refused():
-  base = {"embed": np.zeros((3, 2), np.float32), "blocks": {"0": {"w": np.ones((2,), np.float32)}}}
-  other = {"embed": np.zeros((3, 2), np.float32), "blocks": {"0": {"w": np.zeros((2,), np.float32)}}}
+  emb = np.zeros((3, 2), np.float32)
+  base = {"embed": emb, "blocks": {"0": {"w": np.ones((2,), np.float32)}}}
+  other = {"embed": emb, "blocks": {"0": {"w": np.zeros((2,), np.float32)}}}
   runs.check_same_base([base, base], ["A", "B"])
   with pytest.raises(ValueError, match=r"^merging: runs A and B start from different bases "
                                        r"\(first different parameter: 'blocks/0/w'\)"):
@@ -111,6 +112,11 @@ def test_merge_two_runs_numbers(two_runs, tmp_path):
     np.testing.assert_allclose(np.asarray(got[p]), want, rtol=0, atol=1e-6, err_msg=p)
     moved = max(moved, float(np.max(np.abs(want - np.asarray(b)))))
   assert moved > 1e-3  # the runs did move away from the base
+  flat = np.stack([np.concatenate([(np.asarray(t[p]) - np.asarray(base[p])).ravel()
+                                   for p in sorted(base)]) for t in tuned]).astype(np.float64)
+  unit = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+  np.testing.assert_allclose(result["cosine"], unit @ unit.T, atol=1e-5)
+  assert set(result["sign_conflicts"]) >= {"blocks/0", "blocks/1", "embed", "all"}
   for task in ("copy", "reverse"):
     r = result["eval"][task]
     trained = two_runs[task][1]

@@ -18,10 +18,10 @@ References:
 
 from __future__ import annotations
 
-from modular.merging import ops
+from modular.merging import diagnostics, ops
 from modular.merging.driver import merge, merge_deltas
 from modular.merging.method import METHODS, MergeMethod, build, register
 from modular.merging.task_vectors import apply, check_compatible, task_vector
 
-__all__ = ["METHODS", "MergeMethod", "apply", "build", "check_compatible", "merge",
-           "merge_deltas", "ops", "register", "task_vector"]
+__all__ = ["METHODS", "MergeMethod", "apply", "build", "check_compatible", "diagnostics",
+           "merge", "merge_deltas", "ops", "register", "task_vector"]

@@ -149,7 +149,8 @@ def build(name: str, options: Mapping[str, Any] | None = None) -> MergeMethod:
     if fields[key].default is None and isinstance(value, str):  # "not set" by default
       value = None if value.lower() == "none" else _literal(key, value)
     try:
-      kwargs[key] = options_lib._coerce(key, value, fields[key].default)  # pylint: disable=protected-access
+      kwargs[key] = options_lib._coerce(  # pylint: disable=protected-access
+          key, value, fields[key].default)
     except ValueError as e:
       raise ValueError(str(e).replace("config.mtl.options.", "merging.options.")) from None
   return cls(**kwargs)

@@ -15,7 +15,7 @@ held while the checkpoints are read), runs with different bases or architectures
 
 The result per task: the merged model's accuracy, loss and sequence accuracy beside the
 individual fine-tuned run's, and the normalized accuracy (merged / individual, as
-FusionBench reports).
+FusionBench reports); with the task vectors' cosine matrix and sign conflicts per layer.
 
 References:
   Ilharco et al. 2023, "Editing Models with Task Arithmetic", ICLR; Tang et al. 2024,
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from modular import filelock
+from modular.merging import diagnostics
 from modular.merging import driver as merge_lib
 from modular.merging import method as method_lib
 from modular.merging.task_vectors import check_compatible, merged_partition, task_vector
@@ -147,9 +148,12 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
     evaluate_tasks: evaluate the merged and the individual models.
 
   Returns:
-    ``{"method", "options", "runs", "params", "eval"}``: ``params`` the merged
-    parameters (the first run's per-task leaves), ``eval`` ``{task: {"merged": {metric:
-    v}, "individual": {...}, "normalized_accuracy": merged / individual}}``.
+    ``{"method", "options", "runs", "params", "cosine", "sign_conflicts", "eval"}``:
+    ``params`` the merged parameters (the first run's per-task leaves); ``cosine`` the
+    ``[T, T]`` task-vector cosines and ``sign_conflicts`` the per-layer share of
+    coordinates the runs move in opposite directions (``diagnostics``); ``eval``
+    ``{task: {"merged": {metric: v}, "individual": {...}, "normalized_accuracy":
+    merged / individual}}``.
 
   Raises:
     ValueError: one line (see the module docstring); nothing is written.
@@ -168,7 +172,9 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
   result: dict[str, Any] = {
       "method": merger.name, "runs": [os.path.abspath(w) for w in workdirs],
       "options": {f.name: getattr(merger, f.name) for f in dataclasses.fields(merger)},
-      "step": step, "params": with_own_leaves(merged, loaded[0][2], exclude), "eval": {}}
+      "step": step, "params": with_own_leaves(merged, loaded[0][2], exclude),
+      "cosine": diagnostics.cosine_matrix(taus).tolist(),
+      "sign_conflicts": diagnostics.sign_conflicts(taus), "eval": {}}
   if evaluate_tasks:
     from modular import data as data_lib
     for w, (cfg, fm, params) in zip(workdirs, loaded):
