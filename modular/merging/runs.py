@@ -5,9 +5,12 @@ checkpoint and its step-0 checkpoint (the base: the model's initialization, with
 pretrained weights or ``train.init_from`` already in it, saved by ``train.keep_step0``),
 checks that every run starts from the same base, merges the task vectors over the
 shared trainable set (``optim.frozen`` leaves and per-task leaves stay out) and evaluates
-the merged model on every run's tasks with the framework's evaluation step. Per-task
-leaves (``exclude``, by default the per-task classification heads ``per_task_*``) are
-each run's own: run ``r``'s tasks are evaluated with the merged trunk and ``r``'s heads.
+the merged model on every run's tasks with the framework's evaluation step. A LoRA run
+is folded into the dense layout (``lora.py``: ``W + (alpha / r) A B``) and its tasks are
+evaluated on the merged dense model, so LoRA and fully fine-tuned runs of one base merge
+together. Per-task leaves (``exclude``, by default the per-task classification heads
+``per_task_*``) are each run's own: run ``r``'s tasks are evaluated with the merged trunk
+and ``r``'s heads.
 
 Refused in one line, before anything is written: a run named twice, a folder that is
 not a run, a run folder whose trainer holds its lock (``workdir/.lock``; the locks are
@@ -37,9 +40,10 @@ import numpy as np
 from modular import filelock
 from modular.merging import diagnostics
 from modular.merging import driver as merge_lib
+from modular.merging import lora as lora_lib
 from modular.merging import method as method_lib
-from modular.merging.task_vectors import check_compatible, merged_partition, task_vector
-from modular.paths import flat_paths, path_str
+from modular.merging.task_vectors import check_compatible, merged_partition
+from modular.paths import flat_paths
 
 PyTree = Any
 DEFAULT_EXCLUDE = (r"(^|/)per_task_",)  # the per-task classification heads
@@ -98,14 +102,6 @@ def _load(workdir: str, step: int | None):
     raise ValueError(f"merging: {e}") from None
 
 
-def with_own_leaves(merged: PyTree, own: PyTree, exclude: Sequence[str]) -> PyTree:
-  """``merged`` with the leaves matching ``exclude`` taken from ``own`` (a run's heads)."""
-  part = merged_partition((), exclude)
-  own_flat = flat_paths(own)
-  return jax.tree_util.tree_map_with_path(
-      lambda p, x: own_flat[path_str(p)] if part.is_frozen(path_str(p)) else x, merged)
-
-
 def evaluate(cfg, fm, params: PyTree, batches: dict | None = None,
              eval_step: Any = None) -> dict[str, dict[str, float]]:
   """The framework's evaluation of ``params`` on ``cfg``'s tasks: ``{metric: {task: v}}``.
@@ -126,6 +122,37 @@ def evaluate(cfg, fm, params: PyTree, batches: dict | None = None,
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   writer = MetricsWriter("", data_lib.task_names(cfg.data), enabled=False)
   return writer.write_eval(0, jax.device_get(total))
+
+
+class _View:
+  """One run in the merged (dense) layout: flat parameters and base, its trained set.
+
+  A LoRA run is folded (``lora.fold``) and evaluated merged as the dense model; other
+  runs keep their own layout and model.
+  """
+
+  def __init__(self, workdir: str, cfg, fm, params: PyTree, base: PyTree):
+    from modular import models as models_lib
+    from modular.objective import FunctionalModel
+    self.workdir, self.cfg, self.fm, self.params = workdir, cfg, fm, params
+    self.lora = lora_lib.is_lora(cfg)
+    frozen = tuple(cfg.optim.frozen)
+    self.trained = lora_lib.trained_paths(params, frozen, self.lora)
+    if self.lora:
+      s = lora_lib.scale(cfg)
+      self.flat, self.base = lora_lib.fold(params, s), lora_lib.fold(base, s)
+      self.eval_cfg = lora_lib.dense_config(cfg)
+      self.eval_fm, self.template, _ = FunctionalModel.split(
+          models_lib.build_model(self.eval_cfg.model, cfg.train.seed))
+    else:
+      self.flat, self.base = flat_paths(params), flat_paths(base)
+      self.eval_cfg, self.eval_fm, self.template = cfg, fm, params
+
+  def params_of(self, merged: dict[str, Any], exclude: Sequence[str]) -> PyTree:
+    """The merged flat parameters with this run's own per-task leaves, in its eval layout."""
+    own = merged_partition((), exclude)
+    flat = {p: (self.flat[p] if own.is_frozen(p) else x) for p, x in merged.items()}
+    return lora_lib.fill(self.template, flat, f"the merged model of run {self.workdir}")
 
 
 def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
@@ -161,34 +188,34 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
   workdirs = check_run_names(workdirs)
   merger = method_lib.build(method, options)  # a bad option fails before any reading
   with _hold_locks(workdirs):
-    loaded = [_load(w, step) for w in workdirs]
-    bases = [_load(w, 0)[2] for w in workdirs]
-  check_same_base(bases, workdirs)
-  base = bases[0]
-  taus = [task_vector(base, params, frozen=tuple(cfg.optim.frozen), exclude=exclude,
-                      what=f"run {w}")
-          for w, (cfg, _, params) in zip(workdirs, loaded)]
+    views = [_View(w, *_load(w, step), _load(w, 0)[2]) for w in workdirs]
+  check_same_base([v.base for v in views], workdirs)
+  own = merged_partition((), exclude)
+  paths = sorted({p for v in views for p in v.trained if not own.is_frozen(p)})
+  base = views[0].base
+  taus = [{p: jnp.asarray(v.flat[p]) - jnp.asarray(base[p]) for p in paths} for v in views]
   merged = merge_lib.merge(base, taus, merger, weights=weights, key=seed)
   result: dict[str, Any] = {
       "method": merger.name, "runs": [os.path.abspath(w) for w in workdirs],
       "options": {f.name: getattr(merger, f.name) for f in dataclasses.fields(merger)},
-      "step": step, "params": with_own_leaves(merged, loaded[0][2], exclude),
+      "step": step, "lora_runs": [v.workdir for v in views if v.lora],
+      "params": views[0].params_of(merged, exclude),
       "cosine": diagnostics.cosine_matrix(taus).tolist(),
       "sign_conflicts": diagnostics.sign_conflicts(taus), "eval": {}}
   if evaluate_tasks:
     from modular import data as data_lib
-    for w, (cfg, fm, params) in zip(workdirs, loaded):
-      from modular.train.step import make_eval_step
-      batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
-      eval_step = jax.jit(make_eval_step(fm))  # one compile for both models
-      got = evaluate(cfg, fm, with_own_leaves(merged, params, exclude), batches, eval_step)
-      ind = evaluate(cfg, fm, params, batches, eval_step)
+    from modular.train.step import make_eval_step
+    for v in views:
+      batches = data_lib.make_eval_batches(v.cfg.data, v.cfg.train.batch_size)
+      got = evaluate(v.eval_cfg, v.eval_fm, v.params_of(merged, exclude), batches,
+                     jax.jit(make_eval_step(v.eval_fm)))
+      ind = evaluate(v.cfg, v.fm, v.params, batches)  # the run's own model (LoRA unfolded)
       for task in got["accuracy"]:
-        m = {k: v[task] for k, v in got.items()}
-        i = {k: v[task] for k, v in ind.items()}
+        m = {k: x[task] for k, x in got.items()}
+        i = {k: x[task] for k, x in ind.items()}
         norm = m["accuracy"] / i["accuracy"] if i["accuracy"] > 0 else None
-        result["eval"][task] = {"run": os.path.abspath(w), "merged": m, "individual": i,
-                                "normalized_accuracy": norm}
+        result["eval"][task] = {"run": os.path.abspath(v.workdir), "merged": m,
+                                "individual": i, "normalized_accuracy": norm}
   if out is not None:
     os.makedirs(out, exist_ok=True)
     record = {k: v for k, v in result.items() if k != "params"}
