@@ -152,7 +152,7 @@ def test_breadcrumbs_matches_numpy(golden):
 
 
 def test_dare_own_draw_keep_rate_and_rescale():
-  p, n = 0.3, 200_000
+  p, n = 0.3, 50_000
   tau = jnp.ones((2, n), jnp.float32)
   dropped = np.asarray(DARE(p=p).drop(tau, None, jax.random.key(7)))
   kept = dropped != 0
