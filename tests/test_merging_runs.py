@@ -3,7 +3,8 @@
 The end-to-end test (slow: it trains two runs) checks the merged parameters against NumPy
 (``base + lambda * sum_t (theta_t - base)`` over the checkpoints read independently), the
 individual evaluation against each run's own final evaluation from training, and
-``merge.json``. The refusals (a run named twice, a folder that is no run, a run whose
+``merge.json``; a second (slow) test folds two parameter-efficient LoRA runs: one run
+merged alone at lambda 1 evaluates as the run itself. The refusals (a run named twice, a folder that is no run, a run whose
 trainer holds its lock, runs of different bases) need no trained run and are one line.
 """
 
@@ -135,3 +136,36 @@ def test_merge_two_runs_numbers(two_runs, tmp_path):
   b = runs.merge_runs(dirs, "dare", {"p": 0.5}, seed=1, evaluate_tasks=False)["params"]
   for x, y in zip(flat_paths(a).values(), flat_paths(b).values()):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_lora_runs_fold_and_merge(tmp_path_factory):
+  """A LoRA run merged alone at lambda 1 is its folded self: the merged dense model's
+  evaluation equals the LoRA run's own; two LoRA runs merge in the dense layout."""
+  sys.path.insert(0, os.path.join(ROOT, "configs"))
+  from modular.overrides import load_config_file
+  from modular.train import loop
+  root = tmp_path_factory.mktemp("merge_lora")
+  dirs = []
+  for task in ("copy", "reverse"):
+    cfg = load_config_file(os.path.join(ROOT, "configs", "lora.py"), "tiny,peft")
+    cfg.data.data_dir = str(root / "tfds")
+    cfg.train.progress = False
+    cfg.data.tasks = [task]
+    cfg.train.steps = 4
+    cfg.train.eval_every = 4
+    cfg.train.checkpoint_every = 4
+    cfg.optim.learning_rate = 3e-2
+    loop.train(cfg, str(root / task))
+    dirs.append(str(root / task))
+  alone = runs.merge_runs(dirs[:1], "task_arithmetic", {"scaling": 1.0})
+  r = alone["eval"]["copy"]
+  assert alone["lora_runs"] == dirs[:1]
+  for metric in ("accuracy", "loss", "seq_accuracy"):
+    assert r["merged"][metric] == pytest.approx(r["individual"][metric], abs=1e-4)
+  both = runs.merge_runs(dirs, "ties", {"k": 0.5})
+  from modular.paths import flat_paths
+  paths = set(flat_paths(both["params"]))
+  assert "blocks/0/ffn/w_in" in paths and not any("lora_" in p for p in paths)
+  assert set(both["eval"]) == {"copy", "reverse"}
+  assert set(both["sign_conflicts"]) == {"blocks/0", "blocks/1", "all"}  # only FFNs moved
