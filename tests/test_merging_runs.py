@@ -4,8 +4,9 @@ The end-to-end test (slow: it trains two runs) checks the merged parameters agai
 (``base + lambda * sum_t (theta_t - base)`` over the checkpoints read independently), the
 individual evaluation against each run's own final evaluation from training, and
 ``merge.json``; a second (slow) test folds two parameter-efficient LoRA runs: one run
-merged alone at lambda 1 evaluates as the run itself. The refusals (a run named twice, a folder that is no run, a run whose
-trainer holds its lock, runs of different bases) need no trained run and are one line.
+merged alone at lambda 1 evaluates as the run itself. The refusals (a run named twice, a
+folder that is no run, a run whose trainer holds its lock, runs of different bases) need
+no trained run and are one line.
 """
 
 from __future__ import annotations
