@@ -1,10 +1,11 @@
-"""Command-line entry points: ``modular-train``, ``modular-analyze``, ``modular-sweep``.
+"""Command-line entry points: ``modular-train``, ``-analyze``, ``-sweep`` and ``-merge``.
 
   modular-train --config configs/quickstart.py --workdir runs/quickstart \
       [--config.train.steps=500 ...] [--distributed]
   modular-analyze --workdir runs/quickstart [--out runs/quickstart/report]
   modular-sweep --experiment experiments/mixture_ablation.py --workdir runs/sweep \
       [--engine ray [--address HOST:PORT] ...]
+  modular-merge --runs runs/copy runs/reverse --method ties --options k=0.2 [--out DIR]
 
 ``--distributed`` calls ``jax.distributed.initialize()`` first (multi-host pods and
 clusters; the coordinator is found from the environment, e.g. on Cloud TPU).
@@ -179,6 +180,41 @@ def sweep_main(argv: list[str] | None = None) -> None:
     print(f"error: {len(failed)} run(s) failed: " +
           "; ".join(f"{name}: {err}" for name, err in failed), file=sys.stderr)
     raise SystemExit(1)
+
+
+def merge_main(argv: list[str] | None = None) -> None:
+  """Entry point of ``modular-merge``: merges runs' task vectors and evaluates every task.
+
+  modular-merge --runs runs/copy runs/reverse --method ties --options k=0.2 \
+      [--weights 1 1] [--step N] [--seed 0] [--out runs/merged]
+  """
+  p = argparse.ArgumentParser(prog="modular-merge")
+  p.add_argument("--runs", required=True, nargs="+",
+                 help="run folders written by modular-train, all from one base")
+  p.add_argument("--method", default="task_arithmetic",
+                 help="merging method (task_arithmetic, ties, dare, dare_ties, breadcrumbs, "
+                      "magnitude_prune, average)")
+  p.add_argument("--options", nargs="*", default=[], help="method options, e.g. k=0.2 scaling=1")
+  p.add_argument("--weights", nargs="*", type=float, default=None, help="one weight per run")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  p.add_argument("--seed", type=int, default=0, help="seed of random methods (DARE)")
+  p.add_argument("--out", default=None, help="folder for merge.json (default: none)")
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+  options = {}
+  for item in args.options:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      _fail(f"--options: {item!r} is not key=value")
+    options[key] = value
+  from modular.merging import runs
+  try:
+    result = runs.merge_runs(args.runs, args.method, options, step=args.step,
+                             weights=args.weights, seed=args.seed, out=args.out)
+  except (ValueError, FileNotFoundError) as e:
+    _fail(str(e))
+  print(runs.table(result))
+  if args.out:
+    print(f"written to {os.path.join(args.out, 'merge.json')}")
 
 
 if __name__ == "__main__":  # pragma: no cover
