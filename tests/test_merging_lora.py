@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from modular.merging import lora as lora_lib
 from modular.paths import flat_paths
@@ -53,3 +54,20 @@ def test_fold_gives_the_lora_models_logits():
   trained = lora_lib.trained_paths(params, tuple(cfg.optim.frozen), lora=True)
   assert lora_lib.folded_paths(params) <= trained
   assert "embed" not in trained and "blocks/0/ffn/b_in" not in trained
+
+
+def test_per_task_lora_is_refused_unless_a_task_is_named():
+  rng = np.random.default_rng(1)
+  n, d, r, f = 3, 4, 2, 5
+  params = {"blocks": [{"ffn": {
+      "base": {"w_in": np.zeros((d, f), np.float32), "w_out": np.zeros((f, d), np.float32)},
+      "lora_a_in": rng.normal(size=(n, d, r)).astype(np.float32),
+      "lora_b_in": rng.normal(size=(n, r, f)).astype(np.float32),
+      "lora_a_out": rng.normal(size=(n, f, r)).astype(np.float32),
+      "lora_b_out": rng.normal(size=(n, r, d)).astype(np.float32)}}]}
+  with pytest.raises(ValueError, match=r"blocks/0/ffn holds 3 per-task LoRA updates"):
+    lora_lib.fold(params, 2.0)
+  ffn = params["blocks"][0]["ffn"]
+  got = lora_lib.fold(params, 2.0, task=2)["blocks/0/ffn/w_in"]
+  np.testing.assert_allclose(np.asarray(got), 2.0 * ffn["lora_a_in"][2] @ ffn["lora_b_in"][2],
+                             rtol=1e-6)

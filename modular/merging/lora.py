@@ -43,18 +43,23 @@ def scale(cfg: ml_collections.ConfigDict) -> float:
       ffn.get("rank", lora_lib.DEFAULTS["rank"]))
 
 
-def fold(params: PyTree, s: float, task: int = 0) -> dict[str, jax.Array]:
+def fold(params: PyTree, s: float, task: int | None = None) -> dict[str, jax.Array]:
   """The dense model's flat parameters ``{path: array}`` of a LoRA model's ``params``.
 
   Args:
     params: the LoRA model's parameters (``blocks/i/ffn/base/w_in``, ``lora_a_in``
       ``[n, d, r]``, ``lora_b_in`` ``[n, r, d_ff]``, ...).
     s: ``alpha / rank``.
-    task: which of the ``n`` per-task updates (0 for a single-task run or a shared one).
+    task: which of the ``n`` per-task updates; None (default) when there is one update
+      (a single-task run or a shared LoRA).
 
   Returns:
     ``{dense path: array}``: every non-factor leaf at its dense path, ``w_in`` and
     ``w_out`` with ``s A[task] B[task]`` added (float32 products, the leaf's dtype).
+
+  Raises:
+    ValueError: ``task`` is None and the run holds ``n > 1`` per-task updates (one dense
+      model cannot stand for all of them; folding one silently would drop the others).
   """
   flat = flat_paths(params)
   out = {dense_path(p): jnp.asarray(v) for p, v in flat.items()
@@ -63,9 +68,13 @@ def fold(params: PyTree, s: float, task: int = 0) -> dict[str, jax.Array]:
     if not p.endswith("/lora_a_in"):
       continue
     head = p.rsplit("/", 1)[0]
+    n = jnp.shape(flat[p])[0]
+    if task is None and n > 1:
+      raise ValueError(f"merging: {head} holds {n} per-task LoRA updates; merge runs with "
+                       "one (shared or single-task) LoRA, or fold one task explicitly")
     for w, (a_name, b_name) in _FACTORS.items():
-      a = jnp.asarray(flat[f"{head}/{a_name}"], jnp.float32)[task]  # [d_in, r]
-      b = jnp.asarray(flat[f"{head}/{b_name}"], jnp.float32)[task]  # [r, d_out]
+      a = jnp.asarray(flat[f"{head}/{a_name}"], jnp.float32)[task or 0]  # [d_in, r]
+      b = jnp.asarray(flat[f"{head}/{b_name}"], jnp.float32)[task or 0]  # [r, d_out]
       target = dense_path(f"{head}/base/{w}")
       out[target] = (out[target].astype(jnp.float32) + s * a @ b).astype(out[target].dtype)
   return out
