@@ -109,6 +109,8 @@ CASES = {
                       "scale_attn_by_inverse_layer_idx=True is not implemented"),
     "activation": (dict(config=lambda hf: {**hf, "activation_function": "quick_gelu"}),
                    "activation_function 'quick_gelu' is not supported"),
+    "no family": (dict(config=lambda hf: {**hf, "model_type": "gpt_neox"}),
+                  "model_type 'gpt_neox' has no checkpoint family; known: bert, gpt2"),
 }
 
 
