@@ -3,7 +3,8 @@
 Against the committed tiny checkpoint ``tests/golden/tiny_gpt2/`` and its golden
 logits ``tests/golden/gpt2.npz`` (both written by ``tests/golden/make_gpt2_golden.py``
 with transformers' ``GPT2LMHeadModel``): the logits on real tokens (sequences of
-different lengths, right-padded in one batch) to 1e-5, the tokenizer's ids, loading
+different lengths, right-padded in one batch) to 1e-5, the gradient head importance
+[2, 4] of the next-token loss to 1e-5, the tokenizer's ids, loading
 from a copied folder as a user's own folder loads, one-line refusals of a bad
 tensor or config field, and LoRA fine-tuning with the imported tensors frozen.
 """
@@ -42,6 +43,16 @@ def _batch() -> dict:
   return {"inputs": ids, "task_id": np.zeros(len(ids), np.int32), "real": real}
 
 
+def _lm_batch() -> dict:
+  """Next-token targets: position t predicts token t+1 where both are real."""
+  batch = _batch()
+  ids, real = batch["inputs"], batch["real"]
+  pad = np.zeros((len(ids), 1), bool)
+  return {"inputs": ids, "task_id": batch["task_id"],
+          "targets": np.concatenate([ids[:, 1:], ids[:, :1]], 1),
+          "mask": np.concatenate([real[:, 1:], pad], 1).astype(np.float32)}
+
+
 def _logits(folder: str, **slots) -> np.ndarray:
   batch = _batch()
   cfg = checkpoints.pretrained_model_config(folder, seq_len=batch["inputs"].shape[1], **slots)
@@ -57,6 +68,22 @@ def test_logits_match_transformers():
   err = np.abs(ours - GOLDEN["logits"])[real].max()
   assert err <= TOL, err
   assert np.abs(GOLDEN["logits"][real]).std() > 0.5  # the golden is not near zero
+
+
+def test_head_importance_matches_transformers():
+  """dL/dxi [2, 4] of the mean next-token CE, against transformers with hooked gates."""
+  lm = _lm_batch()
+  cfg = checkpoints.pretrained_model_config(FOLDER, seq_len=lm["inputs"].shape[1])
+  fm, params, _ = checkpoints.build_pretrained(cfg)
+
+  def loss(gates):
+    logits, _ = fm.apply(params, lm, head_gates=gates)
+    return per_task_metrics(logits, lm, 1)["loss"][0]
+
+  value, grad = jax.jit(jax.value_and_grad(loss))(jnp.ones((fm.num_layers, fm.num_heads)))
+  assert abs(float(value) - float(GOLDEN["loss"])) <= TOL, (value, GOLDEN["loss"])
+  err = np.abs(np.asarray(grad) - GOLDEN["gate_grad"]).max()
+  assert err <= TOL and np.abs(GOLDEN["gate_grad"]).max() > 0.01, err
 
 
 def test_tokenizer_matches_transformers():
@@ -147,9 +174,7 @@ def test_lora_fine_tuning_lowers_the_loss_with_imports_frozen():
   assert np.abs(np.asarray(logits) - GOLDEN["logits"])[batch["real"]].max() <= TOL
   frozen = checkpoints.frozen_patterns(params, cfg.num_layers, pretrained=FOLDER)
   part = Partition.from_patterns(frozen, params)
-  lm = {"inputs": ids, "task_id": batch["task_id"],
-        "targets": np.concatenate([ids[:, 1:], ids[:, :1]], 1),
-        "mask": (batch["real"] & np.roll(batch["real"], -1, 1)).astype(np.float32)}
+  lm = _lm_batch()
   tx = optax.adam(3e-2)
 
   def loss(trainable, rest):

@@ -15,7 +15,10 @@ itself has no torch). It writes
     ``<|endoftext|>`` = 0, which is BOS, EOS and PAD);
   * ``tests/golden/gpt2.npz``: the token ids of ``SENTENCES`` as transformers'
     ``PreTrainedTokenizerFast`` encodes them, and ``GPT2LMHeadModel``'s float32
-    logits [N, L, V] on each sequence run alone (no padding; zeros past its length).
+    logits [N, L, V] on each sequence run alone (no padding; zeros past its length),
+    and the gradient head importance dL/dxi [n_layer, n_head] of the mean next-token
+    cross-entropy over all real tokens, each head xi gated by scaling its slice of the
+    input of ``attn.c_proj`` with a forward pre-hook (as for MiniLM).
 
 Nothing here imports ``modular``: the folder is what a user's own folder looks like.
 """
@@ -101,6 +104,36 @@ def reference(folder: str, ids: list[list[int]]) -> np.ndarray:
   return out
 
 
+def head_importance(folder: str, ids: list[list[int]]) -> tuple[np.ndarray, float]:
+  """dL/dxi [NL, H] of the token-mean next-token CE over ``ids``, and L."""
+  import torch
+  from transformers import GPT2LMHeadModel
+  model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+  cfg = model.config
+  gates = torch.ones(cfg.n_layer, cfg.n_head, requires_grad=True)
+
+  def hook(i):
+    def pre(module, args):
+      x = args[0]  # [N, L, H * dh]
+      shape = x.shape
+      return ((x.reshape(*shape[:-1], cfg.n_head, -1) * gates[i][:, None]).reshape(shape),)
+    return pre
+
+  handles = [block.attn.c_proj.register_forward_pre_hook(hook(i))
+             for i, block in enumerate(model.transformer.h)]
+  total, count = 0.0, 0
+  for seq in ids:
+    x = torch.tensor([seq], dtype=torch.long)
+    logits = model(input_ids=x).logits[0, :-1]
+    total = total + torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum")
+    count += len(seq) - 1
+  loss = total / count
+  loss.backward()
+  for h in handles:
+    h.remove()
+  return gates.grad.numpy().astype(np.float32), float(loss.item())
+
+
 def main() -> None:
   from transformers import PreTrainedTokenizerFast
   os.makedirs(FOLDER, exist_ok=True)
@@ -117,7 +150,9 @@ def main() -> None:
   padded = np.zeros((len(ids), lengths.max()), np.int32)
   for r, seq in enumerate(ids):
     padded[r, :len(seq)] = seq
-  np.savez_compressed(GOLDEN, ids=padded, lengths=lengths, logits=logits)
+  gate_grad, loss = head_importance(FOLDER, ids)
+  np.savez_compressed(GOLDEN, ids=padded, lengths=lengths, logits=logits,
+                      gate_grad=gate_grad, loss=np.float32(loss))
   size = sum(os.path.getsize(os.path.join(FOLDER, f)) for f in os.listdir(FOLDER))
   print(f"wrote {FOLDER} ({size} bytes: {sorted(os.listdir(FOLDER))}) and {GOLDEN} "
         f"({os.path.getsize(GOLDEN)} bytes); lengths {lengths.tolist()}, "
