@@ -167,7 +167,8 @@ def trainable_parameters(cfg) -> int:
   frozen = list(cfg.optim.frozen)
   if cfg.optim.freeze_pretrained:
     frozen += checkpoints.frozen_patterns(params, cfg.model.num_layers,
-                                          unfreeze=list(cfg.optim.unfreeze_pretrained))
+                                          unfreeze=list(cfg.optim.unfreeze_pretrained),
+                                          pretrained=cfg.model.pretrained)
   return sum(int(v.size) for path, v in flat_paths(params).items()
              if not any(re.search(p, path) for p in frozen))
 

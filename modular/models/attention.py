@@ -27,9 +27,11 @@ class CausalSelfAttention(nnx.Module):
     d_model: width of the residual stream.
     num_heads: H; d_model must be divisible by H.
     rngs: key source.
+    bias: biases on q/k/v [H, dh] and on the output [d] (``model.attn_bias``; GPT-2
+      has them). Off by default: the parameters and the math are then as without.
   """
 
-  def __init__(self, d_model: int, num_heads: int, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, num_heads: int, rngs: nnx.Rngs, bias: bool = False):
     if d_model % num_heads:
       raise ValueError(f"model.d_model={d_model} is not divisible by model.num_heads={num_heads}")
     self.num_heads = num_heads
@@ -41,11 +43,18 @@ class CausalSelfAttention(nnx.Module):
     self.wv = param(rngs, shape, qkv_axes)
     self.wo = param(rngs, (num_heads, self.head_dim, d_model), ("heads", "head_dim", "embed"),
                     scale=d_model ** -0.5)
+    self.use_bias = bias
+    if bias:  # zeros: drawing no key, so the other parameters' init is unchanged
+      self.bq, self.bk, self.bv = (param(rngs, shape[1:], qkv_axes[1:], init="zeros")
+                                   for _ in range(3))
+      self.bo = param(rngs, (d_model,), ("embed",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     q = jnp.einsum("bld,dhk->blhk", x, self.wq[...])
     k = jnp.einsum("bld,dhk->blhk", x, self.wk[...])
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...])
+    if self.use_bias:
+      q, k, v = q + self.bq[...], k + self.bk[...], v + self.bv[...]
     seq = x.shape[1]
     logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * self.head_dim ** -0.5  # [B, H, L, L]
     causal = jnp.tril(jnp.ones((seq, seq), bool))
@@ -55,7 +64,8 @@ class CausalSelfAttention(nnx.Module):
     heads = self._gate(heads, ctx)
     ctx.capture_activation("attn_probs", probs)
     ctx.capture_activation("attn_heads", heads)
-    return jnp.einsum("blhk,hkd->bld", heads, self.wo[...])
+    out = jnp.einsum("blhk,hkd->bld", heads, self.wo[...])
+    return out + self.bo[...] if self.use_bias else out
 
   def _gate(self, heads: jax.Array, ctx: Context) -> jax.Array:
     return gate_heads(heads, ctx)

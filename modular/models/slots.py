@@ -6,7 +6,8 @@ The model has five kinds of slot, each filled from the config by name:
   ffn           the feed-forward sublayer inside a block (default "dense")
   adapter_attn  applied to the residual stream after attention (default "none")
   adapter_ffn   applied to the residual stream after the FFN (default "none")
-  head          the output head, hidden -> logits (default "shared"; "per_task")
+  head          the output head, hidden -> logits (default "shared"; "per_task";
+                "tied": x embed^T with ``model.tie_embeddings``)
 
 A filler is registered in the slot's registry and built as
 ``builder(args: SlotArgs, cfg: ConfigDict, rngs: nnx.Rngs) -> nnx.Module``; the module
@@ -154,6 +155,24 @@ class SharedHead(nnx.Module):
     return x @ self.kernel[...] + self.bias[...]
 
 
+class TiedHead(nnx.Module):
+  """Logits against the input embedding, x E^T (GPT-2's LM head; no parameters of its own).
+
+  ``E`` [V, d] is the model's ``embed`` itself (the same Param, published in
+  ``args.shared`` by a decoder with ``model.tie_embeddings``), so its gradient sums the
+  input and output uses, as in a tied ``transformers`` model.
+  """
+
+  def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    if "embed" not in args.shared:
+      raise ValueError("config.model.head.name: 'tied' needs config.model.tie_embeddings = "
+                       "True (a decoder whose input embedding the head reuses)")
+    self.embed = args.shared["embed"]
+
+  def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, V]
+    return jnp.einsum("bld,vd->blv", x, self.embed[...])
+
+
 class PerTaskHead(nnx.Module):
   """One linear head per task, chosen by the example's task id.
 
@@ -177,6 +196,11 @@ class PerTaskHead(nnx.Module):
 @HEAD.register("shared")
 def _shared_head(args, cfg, rngs):
   return SharedHead(args, cfg, rngs)
+
+
+@HEAD.register("tied")
+def _tied_head(args, cfg, rngs):
+  return TiedHead(args, cfg, rngs)
 
 
 @HEAD.register("per_task")

@@ -62,11 +62,13 @@ class StandardBlock(nnx.Module):
   """Pre-LN block: attention, FFN slot and the two adapter slots."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, layer: int, shared, rngs: nnx.Rngs):
-    self.ln_attn = LayerNorm(cfg.d_model, rngs)
-    self.attn = CausalSelfAttention(cfg.d_model, cfg.num_heads, rngs)
+    eps = float(cfg.get("layer_norm_eps", 1e-5))
+    self.ln_attn = LayerNorm(cfg.d_model, rngs, eps=eps)
+    self.attn = CausalSelfAttention(cfg.d_model, cfg.num_heads, rngs,
+                                    bias=bool(cfg.get("attn_bias", False)))
     self.adapter_attn = build_slot(
         "adapter_attn", slot_args(cfg, layer, "adapter_attn", shared), cfg.adapter_attn, rngs)
-    self.ln_ffn = LayerNorm(cfg.d_model, rngs)
+    self.ln_ffn = LayerNorm(cfg.d_model, rngs, eps=eps)
     self.ffn = build_slot("ffn", slot_args(cfg, layer, "ffn", shared), cfg.ffn, rngs)
     self.adapter_ffn = build_slot(
         "adapter_ffn", slot_args(cfg, layer, "adapter_ffn", shared), cfg.adapter_ffn, rngs)
@@ -94,22 +96,32 @@ class Transformer(nnx.Module):
 
   Args:
     cfg: the model config (``config.model``) with vocab_size, seq_len and num_tasks
-      filled in from the data.
+      filled in from the data; ``max_positions`` (-1: seq_len) sizes the position
+      table, ``layer_norm_eps`` the LayerNorms, ``attn_bias`` adds attention biases,
+      and ``tie_embeddings`` publishes ``embed`` to the "tied" head (logits
+      x embed^T, one shared parameter: GPT-2's LM head).
     rngs: key source for the initialization.
   """
 
   def __init__(self, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
+    positions = cfg.get("max_positions", -1)
+    positions = positions if positions > 0 else cfg.seq_len
+    if positions < cfg.seq_len:
+      raise ValueError(f"config.model.seq_len: {cfg.seq_len} exceeds the decoder's "
+                       f"max_positions={positions}")
     self.num_tasks = cfg.num_tasks
     self.num_layers = cfg.num_layers
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.d_model // cfg.num_heads
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
-    self.pos_embed = param(rngs, (cfg.seq_len, cfg.d_model), (None, "embed"), scale=1.0)
+    self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
+    if cfg.get("tie_embeddings", False):
+      self.shared["embed"] = self.embed  # the same Param: its path stays "embed"
     self.blocks = nnx.List([
         build_slot("block", slot_args(cfg, i, "block", self.shared), cfg.block, rngs)
         for i in range(cfg.num_layers)])
-    self.ln_final = LayerNorm(cfg.d_model, rngs)
+    self.ln_final = LayerNorm(cfg.d_model, rngs, eps=float(cfg.get("layer_norm_eps", 1e-5)))
     self.head = build_slot("head", slot_args(cfg, -1, "head", self.shared), cfg.head, rngs)
 
   def __call__(self, tokens: jax.Array, ctx: Context) -> jax.Array:

@@ -89,7 +89,7 @@ def tokenizer_file(tokenizer: str) -> str:
   if os.path.isdir(tokenizer):
     folder = tokenizer
   else:
-    from modular.checkpoints.hf_bert import checkpoint_dir  # pylint: disable=g-import-not-at-top
+    from modular.checkpoints.locate import checkpoint_dir  # pylint: disable=g-import-not-at-top
     folder = checkpoint_dir(tokenizer)
   path = os.path.join(folder, "tokenizer.json")
   if not os.path.isfile(path):
