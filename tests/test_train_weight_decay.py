@@ -34,7 +34,8 @@ from modular.train.partition import Partition
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py"))
 VARIANTS = ["moe:task_aware", "task_moe:top1,block", "mmoe:ple", "hyperformer:peft",
-            "polytropon:mhr,per_layer", "lora:peft", "minilm:hyperformer"]
+            "polytropon:mhr,per_layer", "lora:peft", "minilm:hyperformer",
+            "quickstart:gpt2_layout"]
 # The last path component of every bias (an additive, zero-initialized parameter) of
 # every module and filler: the decoder's and encoder's attention and FFN, the heads,
 # adapters, HyperFormer's task projector, MMoE/PLE's experts and towers.
@@ -45,9 +46,12 @@ BIASES = {"bias", "b_in", "b_out", "bq", "bk", "bv", "bo", "per_task_bias", "dow
 def _params(name: str):
   """(params, norm paths) of a config at tiny sizes, really initialized."""
   path, _, arg = name.partition(":")
-  cfg = load_config_file(os.path.join(ROOT, "configs", f"{path}.py"), arg or None)
+  gpt2 = arg == "gpt2_layout"  # what the GPT-2 import sets: q/k/v/o biases, tied head
+  cfg = load_config_file(os.path.join(ROOT, "configs", f"{path}.py"), None if gpt2 else arg or None)
   with cfg.unlocked():
     m = cfg.model
+    if gpt2:
+      m.attn_bias, m.tie_embeddings, m.head = True, True, {"name": "tied"}
     if m.get("pretrained"):  # the encoder's own paths, without reading the checkpoint
       m.pretrained = ""
       m.head.num_classes = 3
