@@ -178,6 +178,26 @@ def test_uncertainty_issue_input_before_after():
                                            "step_9999": float(w[-1, 0])}}))
 
 
+@pytest.mark.parametrize("warmup,trains_all", [(None, True), (0, False)],
+                         ids=["default", "torchjd_no_warmup"])
+def test_excess_mtl_default_keeps_every_task_training(warmup, trains_all):
+  """Gradients of a real model's size (risks in the hundreds): with the default warm-up
+  every task keeps a weight above 5% over 20 steps; TorchJD's no-warm-up convention takes
+  the raw first risks and leaves a task at ~0 weight (the run-long fault, kept reachable)."""
+  rng = np.random.default_rng(0)
+  kw = {} if warmup is None else {"n_warmup_steps": warmup}
+  method = mtl.ExcessMTL(num_tasks=3, **kw)
+  state = method.init({"w": jnp.zeros((2000,))})
+  step = jax.jit(lambda g, s: method.combine(g, s, losses=jnp.ones(3), present=jnp.ones(3)))
+  scales = jnp.asarray([[1.0], [3.0], [10.0]])  # tasks' gradient scales differ 10x
+  low = []
+  for _ in range(20):
+    g = {"w": scales * jnp.asarray(rng.normal(size=(3, 2000)), jnp.float32)}
+    _, state, stats = step(g, state)
+    low.append(float(jnp.min(stats["weights"])))
+  assert (min(low[1:]) > 0.05) == trains_all, low
+
+
 def test_one_task_pcgrad_trains(tiny_config, tmp_path):
   """``--config.data.tasks=copy --config.mtl.method=pcgrad`` (an IndexError before)."""
   from modular.train import loop

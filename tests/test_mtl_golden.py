@@ -197,7 +197,7 @@ def _sequence(method, js, losses=None):
 
 
 SEQUENTIAL = [
-    (mtl.ExcessMTL(num_tasks=3), "excess_mtl", "update", 2e-5),
+    (mtl.ExcessMTL(num_tasks=3, n_warmup_steps=0), "excess_mtl", "update", 2e-5),  # TorchJD's
     (mtl.ExcessMTL(num_tasks=3, robust_step_size=0.5, n_warmup_steps=2), "excess_mtl_warmup2",
      "update", 2e-5),
     (mtl.MoDo(num_tasks=3), "modo_weights", "weights", 2e-5),

@@ -11,8 +11,8 @@ keeps ``[T, ...]`` state shaped like the shared parameters (T times their memory
 everything (accumulators, weights, first risks, step count) is in the state:
 checkpoints and resumes bit for bit.
 
-TorchJD 0.18.0's ``ExcessMTL`` is the reference (same normalisation: with no warm-up
-the first step's risks are not divided).
+TorchJD 0.18.0's ``ExcessMTL`` is the reference (same normalisation: with no warm-up,
+``n_warmup_steps=0``, the first step's risks are not divided; our default is 1).
 
 Absent tasks: warm-up, normaliser and first step are per task and count the task's own
 present steps, so a task missing from the first batches takes its normaliser from its
@@ -55,12 +55,15 @@ class ExcessMTL(LeafwiseMethod):
   Args:
     num_tasks: T.
     robust_step_size: step of the weights' mirror descent (1.0).
-    n_warmup_steps: steps whose risks are averaged into the normaliser (0).
+    n_warmup_steps: steps whose risks are averaged into the normaliser (1). TorchJD's
+      default is 0, where the first weight step takes the raw, undivided risks: on a
+      real model those are in the hundreds, the softmax is one-hot and the other tasks
+      stop training for the rest of the run; with 1 every step sees normalised risks.
   """
 
   num_tasks: int = 0
   robust_step_size: float = option(1.0, greater(0.0))
-  n_warmup_steps: int = option(0, at_least(0))
+  n_warmup_steps: int = option(1, at_least(0))
   simplex_weights = True  # mirror descent on the simplex
 
   def init(self, params):
@@ -90,6 +93,7 @@ class ExcessMTL(LeafwiseMethod):
     z = jnp.where(ready, logw + self.robust_step_size * scaled, -jnp.inf)
     stepped = jnp.where(ready, jax.nn.softmax(z) * jnp.sum(jnp.where(ready, state.weights, 0.0)),
                         state.weights)
+    stepped = jnp.minimum(stepped, 1.0)  # float drift of the partial sums stays on the simplex
     weights = jnp.where(jnp.any(ready), stepped, state.weights)
     weights = jnp.where(jnp.isfinite(weights), weights, state.weights)
     out = [jnp.tensordot(jnp.where(p, weights, 0.0).astype(g.dtype), g, axes=(0, 0))
