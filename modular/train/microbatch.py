@@ -72,19 +72,19 @@ def _aux_sums(lv: jax.Array, aux: dict) -> dict:
   tokens, examples = m["tokens"], m["examples"]
   return {
       "loss": lv * tokens,
-      "metrics": {"accuracy": m["accuracy"] * tokens, "seq_accuracy": m["seq_accuracy"] * examples,
+      "metrics": {"loss": m["loss"] * tokens, "accuracy": m["accuracy"] * tokens, "seq_accuracy": m["seq_accuracy"] * examples,
                   "tokens": tokens, "examples": examples},
       "aux_losses": aux["aux_losses"], "stats": aux["stats"],
   }
 
 
 def _finish(sums: dict, k: int) -> tuple[jax.Array, dict, jax.Array]:
-  """Batch losses [T], aux (as ``task_loss_vector`` returns it) and counts N [T]."""
+  """Batch objective [T], aux (as ``task_loss_vector`` returns it) and counts N [T]."""
   m = sums["metrics"]
   tokens, examples = m["tokens"], m["examples"]
   denom = jnp.maximum(tokens, 1.0)
   losses = sums["loss"] / denom
-  metrics = {"loss": losses, "accuracy": m["accuracy"] / denom,
+  metrics = {"loss": m["loss"] / denom, "accuracy": m["accuracy"] / denom,
              "seq_accuracy": m["seq_accuracy"] / jnp.maximum(examples, 1.0),
              "tokens": tokens, "examples": examples,
              "present": (tokens > 0).astype(jnp.float32)}
