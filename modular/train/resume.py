@@ -24,6 +24,7 @@ MAY_CHANGE = (
     "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
     "train.block_every_step", "train.on_nonfinite", "train.max_consecutive_skips",
     "train.init_from", "train.keep_step0", "train.microbatches",
+    "model.remat",
     "data.data_dir",
     "mesh.",
     "optim.learning_rate", "optim.schedule", "optim.warmup_steps", "optim.end_lr_factor",
