@@ -36,7 +36,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models import remat
-from modular.models.attention import gate_heads
+from modular.models.attention import attend
 from modular.models.context import Context
 from modular.models.slots import build_slot, param
 from modular.models.transformer import LayerNorm, dropout, slot_args
@@ -74,15 +74,7 @@ class BidirectionalSelfAttention(nnx.Module):
     q = jnp.einsum("bld,dhk->blhk", x, self.wq[...]) + self.bq[...]
     k = jnp.einsum("bld,dhk->blhk", x, self.wk[...]) + self.bk[...]
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...]) + self.bv[...]
-    logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * self.head_dim ** -0.5  # [B, H, L, L]
-    if ctx.token_mask is not None:  # additive mask on padded keys
-      keep = ctx.token_mask[:, None, None, :]  # [B, 1, 1, L]
-      logits = logits + jnp.where(keep, 0.0, jnp.finfo(logits.dtype).min).astype(logits.dtype)
-    probs = jax.nn.softmax(logits, axis=-1)
-    heads = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, dh]
-    heads = gate_heads(heads, ctx)
-    ctx.capture_activation("attn_probs", probs)
-    ctx.capture_activation("attn_heads", heads)
+    heads = attend(q, k, v, ctx, causal=False, key_mask=ctx.token_mask)  # [B, L, H, dh]
     return jnp.einsum("blhk,hkd->bld", heads, self.wo[...]) + self.bo[...]
 
 
