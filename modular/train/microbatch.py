@@ -72,7 +72,8 @@ def _aux_sums(lv: jax.Array, aux: dict) -> dict:
   tokens, examples = m["tokens"], m["examples"]
   return {
       "loss": lv * tokens,
-      "metrics": {"loss": m["loss"] * tokens, "accuracy": m["accuracy"] * tokens, "seq_accuracy": m["seq_accuracy"] * examples,
+      "metrics": {"loss": m["loss"] * tokens, "accuracy": m["accuracy"] * tokens,
+                  "seq_accuracy": m["seq_accuracy"] * examples,
                   "tokens": tokens, "examples": examples},
       "aux_losses": aux["aux_losses"], "stats": aux["stats"],
   }
