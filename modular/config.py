@@ -112,6 +112,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.steps = 1000
   c.batch_size = 64
+  # Gradient accumulation: the step scans over this many micro-batches of
+  # batch_size / microbatches rows and updates once with the whole batch's gradient
+  # (per-task gradients kept for surgery methods; modular/train/microbatch.py).
+  c.microbatches = 1
   c.seed = 0
   c.log_every = 50
   c.eval_every = 250
@@ -227,6 +231,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
            f"unknown {m.activation!r}; known: {', '.join(acts)}")
   _require(m.get("arch", "decoder") in models_lib.ARCHS, "model.arch",
            f"unknown {m.get('arch')!r}; known: {', '.join(models_lib.ARCHS)}")
+  _require(m.get("remat", "none") in models_lib.remat.NAMES, "model.remat",
+           f"unknown {m.get('remat')!r}; known: {', '.join(models_lib.remat.NAMES)}")
   _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   for slot, registry in models_lib.slots.SLOT_REGISTRIES.items():
     _require("name" in m[slot], f"model.{slot}.name", "missing")
@@ -238,6 +244,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
               "keep_checkpoints"):
     _require(isinstance(t[key], int) and t[key] > 0, f"train.{key}",
              f"must be a positive int, got {t[key]!r}")
+  _require(isinstance(t.microbatches, int) and t.microbatches >= 1, "train.microbatches",
+           f"must be a positive int, got {t.microbatches!r}")
+  _require(t.batch_size % t.microbatches == 0, "train.microbatches",
+           f"batch_size {t.batch_size} is not divisible by microbatches {t.microbatches}")
   _require(t.block_every_step in ("auto", True, False), "train.block_every_step",
            f"must be 'auto', True or False, got {t.block_every_step!r}")
   _require(t.on_nonfinite in NONFINITE_ACTIONS, "train.on_nonfinite",

@@ -3,7 +3,9 @@
 Every head's output o_h [B, L, dh] is multiplied by a gate xi_h (1 by default) before
 the output projection, so head importance (Michel et al. 2019) is dL/dxi_h and
 ablation is xi_h = 0 (or a mean replacement). With capture on, the per-head
-outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded.
+outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded. Without gates
+and capture (training) attention is ``jax.nn.dot_product_attention``, which never
+materializes the weights where the backend has a fused kernel (``attend``).
 
 References:
   Vaswani et al. 2017, "Attention Is All You Need".
@@ -55,20 +57,43 @@ class CausalSelfAttention(nnx.Module):
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...])
     if self.use_bias:
       q, k, v = q + self.bq[...], k + self.bk[...], v + self.bv[...]
-    seq = x.shape[1]
-    logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * self.head_dim ** -0.5  # [B, H, L, L]
-    causal = jnp.tril(jnp.ones((seq, seq), bool))
-    logits = jnp.where(causal, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    heads = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, dh]
-    heads = self._gate(heads, ctx)
-    ctx.capture_activation("attn_probs", probs)
-    ctx.capture_activation("attn_heads", heads)
+    heads = attend(q, k, v, ctx, causal=True)  # [B, L, H, dh]
     out = jnp.einsum("blhk,hkd->bld", heads, self.wo[...])
     return out + self.bo[...] if self.use_bias else out
 
-  def _gate(self, heads: jax.Array, ctx: Context) -> jax.Array:
-    return gate_heads(heads, ctx)
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: Context, *, causal: bool,
+           key_mask: jax.Array | None = None) -> jax.Array:
+  """Per-head attention outputs [B, L, H, dh] from q, k, v [B, L, H, dh].
+
+  Without head gates and capture, ``jax.nn.dot_product_attention`` (XLA's fused
+  attention, cuDNN's on GPU where it applies). With either, the exact path: explicit
+  probabilities [B, H, L, L] (recorded as ``attn_probs``), then the gates
+  (``gate_heads``) and the recorded ``attn_heads``. Both paths compute
+  softmax(q k^T / sqrt(dh) + mask) v.
+
+  Args:
+    q, k, v: queries, keys and values [B, L, H, dh].
+    ctx: the block's context (gates, capture).
+    causal: mask keys after the query.
+    key_mask: [B, L] bool, False on padded keys (None: every key is real).
+  """
+  if ctx.head_gates is None and not ctx.capture:
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  seq = q.shape[1]
+  logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * q.shape[-1] ** -0.5  # [B, H, L, L]
+  if causal:
+    logits = jnp.where(jnp.tril(jnp.ones((seq, seq), bool)), logits,
+                       jnp.finfo(logits.dtype).min)
+  if key_mask is not None:  # additive mask on padded keys
+    keep = key_mask[:, None, None, :]  # [B, 1, 1, L]
+    logits = logits + jnp.where(keep, 0.0, jnp.finfo(logits.dtype).min).astype(logits.dtype)
+  probs = jax.nn.softmax(logits, axis=-1)
+  heads = gate_heads(jnp.einsum("bhqs,bshk->bqhk", probs, v), ctx)  # [B, L, H, dh]
+  ctx.capture_activation("attn_probs", probs)
+  ctx.capture_activation("attn_heads", heads)
+  return heads
 
 
 def gate_heads(heads: jax.Array, ctx: Context) -> jax.Array:

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from modular.models.attention import gate_heads
+from modular.models import remat
+from modular.models.attention import attend
 from modular.models.context import Context
 from modular.models.slots import build_slot, param
 from modular.models.transformer import LayerNorm, dropout, slot_args
@@ -73,15 +74,7 @@ class BidirectionalSelfAttention(nnx.Module):
     q = jnp.einsum("bld,dhk->blhk", x, self.wq[...]) + self.bq[...]
     k = jnp.einsum("bld,dhk->blhk", x, self.wk[...]) + self.bk[...]
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...]) + self.bv[...]
-    logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * self.head_dim ** -0.5  # [B, H, L, L]
-    if ctx.token_mask is not None:  # additive mask on padded keys
-      keep = ctx.token_mask[:, None, None, :]  # [B, 1, 1, L]
-      logits = logits + jnp.where(keep, 0.0, jnp.finfo(logits.dtype).min).astype(logits.dtype)
-    probs = jax.nn.softmax(logits, axis=-1)
-    heads = jnp.einsum("bhqs,bshk->bqhk", probs, v)  # [B, L, H, dh]
-    heads = gate_heads(heads, ctx)
-    ctx.capture_activation("attn_probs", probs)
-    ctx.capture_activation("attn_heads", heads)
+    heads = attend(q, k, v, ctx, causal=False, key_mask=ctx.token_mask)  # [B, L, H, dh]
     return jnp.einsum("blhk,hkd->bld", heads, self.wo[...]) + self.bo[...]
 
 
@@ -139,6 +132,7 @@ class Encoder(nnx.Module):
     self.num_layers = cfg.num_layers
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.d_model // cfg.num_heads
+    self.remat = remat.check(cfg.get("remat", "none"))  # model.remat, per block
     positions = cfg.max_positions if cfg.max_positions > 0 else cfg.seq_len
     if positions < cfg.seq_len:
       raise ValueError(f"config.model.seq_len: {cfg.seq_len} exceeds the encoder's "
@@ -170,7 +164,7 @@ class Encoder(nnx.Module):
     x = self.ln_embed(x)
     ctx.capture_activation("embeddings", x)
     for i, block in enumerate(self.blocks):
-      x = block(x, ctx.at(layer=i, position=""))
+      x = remat.call(block, x, ctx.at(layer=i, position=""), self.remat)
     ctx.capture_activation("final", x)
     return x
 

@@ -23,6 +23,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models.attention import CausalSelfAttention
+from modular.models import remat
 from modular.models.context import Context
 from modular.models.slots import BLOCK, SlotArgs, build_slot, param
 
@@ -113,6 +114,7 @@ class Transformer(nnx.Module):
     self.num_layers = cfg.num_layers
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.d_model // cfg.num_heads
+    self.remat = remat.check(cfg.get("remat", "none"))  # model.remat, per block
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
     self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
@@ -138,7 +140,7 @@ class Transformer(nnx.Module):
     seq = tokens.shape[1]
     x = self.embed[...][tokens] + self.pos_embed[...][:seq]  # [B, L, d]
     for i, block in enumerate(self.blocks):
-      x = block(x, ctx.at(layer=i, position=""))
+      x = remat.call(block, x, ctx.at(layer=i, position=""), self.remat)
     x = self.ln_final(x)
     ctx.capture_activation("final", x)
     return self.head(x, ctx.at(layer=-1, position="head"))

@@ -238,6 +238,15 @@ class Weighting(Method):
     del losses
     return self.loss_weights(state, present)
 
+  @property
+  def reads_current_losses(self) -> bool:
+    """Whether ``current_weights`` reads this step's losses (it is overridden).
+
+    Gradient accumulation over micro-batches (``train.microbatches``) then computes the
+    whole batch's losses in a forward pass before the weighted backward passes.
+    """
+    return type(self).current_weights is not Weighting.current_weights
+
   def scalarize(self, state: PyTree, losses: jax.Array, present: jax.Array) -> jax.Array:
     """The scalar the loop differentiates: ``sum_t stop_gradient(w_t) L_t + extra_loss``.
 

@@ -8,6 +8,10 @@ configured multi-task method (``modular.mtl``), never naming one:
   * loss-weighting methods (mean, uncertainty, DWA) give weights w [T] and the step
     differentiates sum_t w_t L_t once.
 
+With ``microbatches = k > 1`` both paths scan over k micro-batches and accumulate what
+the whole batch would give (per-task gradients, or the weighted gradient), then update
+once (``modular.train.microbatch``).
+
 Only the trainable parameters are differentiated (``partition``, from ``optim.frozen``):
 the step splits the parameter dict into its trainable and frozen sub-dicts and the loss
 takes the frozen one as a constant, so frozen parameters get no backward work (T
@@ -32,6 +36,7 @@ import optax
 
 from modular import mtl as mtl_lib
 from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector, tasks_present
+from modular.train import microbatch
 from modular.train.partition import Partition
 
 State = dict[str, Any]
@@ -60,7 +65,7 @@ def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed:
 
 def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, method: Any,
                     schedule: optax.Schedule | None = None, param_shardings: Any = None,
-                    partition: Partition | None = None
+                    partition: Partition | None = None, microbatches: int = 1
                     ) -> Callable[[State, dict], tuple[State, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -74,6 +79,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
       them on the trailing axes (the task axis unsharded).
     partition: which parameters train (default: all); gradients, the method and
       ``tx`` see the trainable sub-dict only.
+    microbatches: k (``train.microbatches``): the step scans over k micro-batches of
+      B / k rows and gives the whole batch's update (``modular.train.microbatch``).
 
   Returns:
     The step function. Metrics hold [T] arrays under ``task/<name>``, the auxiliary
@@ -91,7 +98,21 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
   def train_step(state: State, batch: dict) -> tuple[State, dict]:
     rng, step_rng = jax.random.split(state["rng"])
     params, frozen = partition.split(state["params"])  # differentiate `params` only
-    if method.needs_task_grads:
+    if microbatches > 1 and method.needs_task_grads:
+      (losses, aux), task_grads = microbatch.task_grads(
+          loss_vector, params, frozen, batch, step_rng, microbatches, grad_shardings)
+      present = aux["metrics"]["present"]
+      grads, mtl_state, mtl_stats = method.combine(
+          task_grads, state["mtl_state"], params=params, losses=losses, present=present)
+    elif microbatches > 1:
+      present = _present(batch, fm.num_tasks)
+      now = (microbatch.batch_losses(loss_vector, params, frozen, batch, step_rng, microbatches)
+             if method.reads_current_losses else None)
+      weights = method.current_weights(state["mtl_state"], now, present)
+      grads, (losses, aux) = microbatch.weighted_grad(
+          loss_vector, weights, params, frozen, batch, step_rng, microbatches)
+      mtl_state, mtl_stats = method.observe(state["mtl_state"], losses, present)
+    elif method.needs_task_grads:
       (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(
           loss_vector, has_aux=True, shardings=grad_shardings)(
           params, frozen, batch, step_rng)
