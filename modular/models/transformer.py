@@ -99,8 +99,8 @@ class Transformer(nnx.Module):
     cfg: the model config (``config.model``) with vocab_size, seq_len and num_tasks
       filled in from the data; ``max_positions`` (-1: seq_len) sizes the position
       table, ``layer_norm_eps`` the LayerNorms, ``attn_bias`` adds attention biases,
-      and ``tie_embeddings`` publishes ``embed`` to the "tied" head (logits
-      x embed^T, one shared parameter: GPT-2's LM head).
+      and ``tie_embeddings`` (implied by the "tied" head) publishes ``embed`` to
+      the head (logits x embed^T, one shared parameter: GPT-2's LM head).
     rngs: key source for the initialization.
   """
 
@@ -118,7 +118,7 @@ class Transformer(nnx.Module):
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
     self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
-    if cfg.get("tie_embeddings", False):
+    if cfg.get("tie_embeddings", False) or cfg.head.get("name") == "tied":
       self.shared["embed"] = self.embed  # the same Param: its path stays "embed"
     self.blocks = nnx.List([
         build_slot("block", slot_args(cfg, i, "block", self.shared), cfg.block, rngs)
