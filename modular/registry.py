@@ -53,6 +53,19 @@ class Registry(Generic[T]):
 
     return deco
 
+  def register_class(self, *names: str) -> Callable[[type], type]:
+    """Class decorator: registers ``cls`` under ``names``; the first becomes ``cls.name``
+    (unless the class sets its own)."""
+
+    def deco(cls: type) -> type:
+      if "name" not in cls.__dict__:
+        cls.name = names[0]
+      for n in names:
+        self.register(n)(cls)
+      return cls
+
+    return deco
+
   def names(self) -> list[str]:
     self._load()
     return sorted(self._entries)

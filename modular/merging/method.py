@@ -50,15 +50,7 @@ one_of = options_lib.one_of
 
 def register(*names: str) -> Callable[[M], M]:
   """Class decorator: registers a merging method under ``names`` (the first is its name)."""
-
-  def deco(cls: M) -> M:
-    if "name" not in cls.__dict__:
-      cls.name = names[0]
-    for n in names:
-      METHODS.register(n)(cls)
-    return cls
-
-  return deco
+  return METHODS.register_class(*names)
 
 
 def error_key(name: str) -> str:

@@ -69,15 +69,7 @@ def register(*names: str) -> Callable[[M], M]:
     class CAGrad(Method):
       c: float = option(0.4, at_least(0.0))
   """
-
-  def deco(cls: M) -> M:
-    if "name" not in cls.__dict__:
-      cls.name = names[0]
-    for n in names:
-      METHODS.register(n)(cls)
-    return cls
-
-  return deco
+  return METHODS.register_class(*names)
 
 
 @dataclasses.dataclass(eq=False)
