@@ -77,26 +77,29 @@ def test_cli_error_is_one_line(tmp_path):
   assert proc.stderr.strip() == f"error: merging: run {a} is named twice (also as {a})"
 
 
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-  """Two single-task quickstart-tiny runs (copy, reverse) of 4 steps, from one base."""
+def _single_task_runs(root, config: str, arg: str) -> dict[str, tuple[str, dict]]:
+  """Single-task runs (copy, reverse) of ``configs/<config>.py:<arg>``, 4 steps at lr 3e-2
+  (a visible task vector), one base: {task: (run folder, final eval)}."""
   sys.path.insert(0, os.path.join(ROOT, "configs"))
   from modular.overrides import load_config_file
   from modular.train import loop
-  root = tmp_path_factory.mktemp("merge_runs")
   out = {}
   for task in ("copy", "reverse"):
-    cfg = load_config_file(os.path.join(ROOT, "configs", "quickstart.py"), "tiny")
+    cfg = load_config_file(os.path.join(ROOT, "configs", f"{config}.py"), arg)
     cfg.data.data_dir = str(root / "tfds")
     cfg.train.progress = False
     cfg.data.tasks = [task]
-    cfg.train.steps = 4
-    cfg.train.eval_every = 4
-    cfg.train.checkpoint_every = 4
-    cfg.optim.learning_rate = 3e-2  # a visible task vector in 4 steps
+    cfg.train.steps = cfg.train.eval_every = cfg.train.checkpoint_every = 4
+    cfg.optim.learning_rate = 3e-2
     summary = loop.train(cfg, str(root / task))
     out[task] = (str(root / task), summary["eval"])
   return out
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  """Two single-task quickstart-tiny runs (copy, reverse) of 4 steps, from one base."""
+  return _single_task_runs(tmp_path_factory.mktemp("merge_runs"), "quickstart", "tiny")
 
 
 @pytest.mark.slow
@@ -143,22 +146,8 @@ def test_merge_two_runs_numbers(two_runs, tmp_path):
 def test_lora_runs_fold_and_merge(tmp_path_factory):
   """A LoRA run merged alone at lambda 1 is its folded self: the merged dense model's
   evaluation equals the LoRA run's own; two LoRA runs merge in the dense layout."""
-  sys.path.insert(0, os.path.join(ROOT, "configs"))
-  from modular.overrides import load_config_file
-  from modular.train import loop
-  root = tmp_path_factory.mktemp("merge_lora")
-  dirs = []
-  for task in ("copy", "reverse"):
-    cfg = load_config_file(os.path.join(ROOT, "configs", "lora.py"), "tiny,peft")
-    cfg.data.data_dir = str(root / "tfds")
-    cfg.train.progress = False
-    cfg.data.tasks = [task]
-    cfg.train.steps = 4
-    cfg.train.eval_every = 4
-    cfg.train.checkpoint_every = 4
-    cfg.optim.learning_rate = 3e-2
-    loop.train(cfg, str(root / task))
-    dirs.append(str(root / task))
+  made = _single_task_runs(tmp_path_factory.mktemp("merge_lora"), "lora", "tiny,peft")
+  dirs = [made[t][0] for t in ("copy", "reverse")]
   alone = runs.merge_runs(dirs[:1], "task_arithmetic", {"scaling": 1.0})
   r = alone["eval"]["copy"]
   assert alone["lora_runs"] == dirs[:1]
