@@ -107,10 +107,13 @@ def test_user_folder_loads_like_the_committed_one(tmp_path):
   assert "head" not in params  # tied: the head reads embed itself
 
 
-def _broken(tmp_path, *, tensors=None, config=None) -> str:
+def _broken(tmp_path, *, tensors=None, config=None, truncate=False) -> str:
   from safetensors.numpy import load_file, save_file
   folder = tmp_path / "broken"
   shutil.copytree(FOLDER, folder)
+  if truncate:  # a download or copy cut short
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:len(data) // 3])
   if tensors is not None:
     t = load_file(os.path.join(FOLDER, "model.safetensors"))
     save_file(tensors(t), str(folder / "model.safetensors"))
@@ -136,6 +139,7 @@ CASES = {
                       "scale_attn_by_inverse_layer_idx=True is not implemented"),
     "activation": (dict(config=lambda hf: {**hf, "activation_function": "quick_gelu"}),
                    "activation_function 'quick_gelu' is not supported"),
+    "truncated": (dict(truncate=True), "model.safetensors: not a readable safetensors file"),
     "no family": (dict(config=lambda hf: {**hf, "model_type": "gpt_neox"}),
                   "model_type 'gpt_neox' has no checkpoint family; known: bert, gpt2"),
 }

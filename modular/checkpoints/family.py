@@ -217,9 +217,18 @@ def convert(family: Family, hf: dict[str, Any], tensors: dict[str, np.ndarray],
 
 
 def load_tensors(folder: str) -> dict[str, np.ndarray]:
-  """All tensors of ``model.safetensors`` as NumPy arrays."""
-  from safetensors.numpy import load_file  # the [pretrained] extra
-  return load_file(os.path.join(folder, "model.safetensors"))
+  """All tensors of ``model.safetensors`` as NumPy arrays.
+
+  Raises:
+    CheckpointError: naming the file when it is truncated or not a safetensors file.
+  """
+  from safetensors import SafetensorError  # the [pretrained] extra
+  from safetensors.numpy import load_file
+  path = os.path.join(folder, "model.safetensors")
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError) as e:
+    raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
 def place(params: Any, converted: dict[str, np.ndarray], where: str, arch: str) -> Any:
