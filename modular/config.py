@@ -233,6 +233,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
            f"unknown {m.get('arch')!r}; known: {', '.join(models_lib.ARCHS)}")
   _require(m.get("remat", "none") in models_lib.remat.NAMES, "model.remat",
            f"unknown {m.get('remat')!r}; known: {', '.join(models_lib.remat.NAMES)}")
+  _require(m.get("dtype", "float32") in models_lib.precision.NAMES, "model.dtype",
+           f"unknown {m.get('dtype')!r}; known: {', '.join(models_lib.precision.NAMES)}")
   _require(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
   for slot, registry in models_lib.slots.SLOT_REGISTRIES.items():
     _require("name" in m[slot], f"model.{slot}.name", "missing")

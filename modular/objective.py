@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modular.data.vocab import PAD_ID
-from modular.models import Context, Transformer
+from modular.models import Context, Transformer, precision
 
 Params = Any  # a nested dict of arrays
 
@@ -37,6 +37,8 @@ class FunctionalModel:
     graphdef: the NNX graph definition (static under jit).
     num_tasks: T.
     num_layers, num_heads, head_dim: attention sizes (for head gates).
+    compute_dtype: ``model.dtype``; ``apply`` casts the float32 parameters to it
+      (``models.precision``), so gradients with respect to them stay float32.
   """
 
   graphdef: Any
@@ -44,6 +46,7 @@ class FunctionalModel:
   num_layers: int
   num_heads: int
   head_dim: int
+  compute_dtype: str = "float32"
 
   @staticmethod
   def split(model: Transformer) -> tuple["FunctionalModel", Params, Any]:
@@ -55,7 +58,7 @@ class FunctionalModel:
         is_leaf=lambda x: isinstance(x, nnx.Variable))
     axes = nnx.to_pure_dict(axes) if isinstance(axes, nnx.State) else axes
     fm = FunctionalModel(graphdef, model.num_tasks, model.num_layers, model.num_heads,
-                         model.head_dim)
+                         model.head_dim, getattr(model, "compute_dtype", "float32"))
     return fm, params, axes
 
   def apply(self, params: Params, batch: dict, *, rng: jax.Array | None = None,
@@ -76,7 +79,7 @@ class FunctionalModel:
     Returns:
       (logits [B, L, V], ctx) with ctx.losses / ctx.stats / ctx.intermediates filled.
     """
-    model = nnx.merge(self.graphdef, params)
+    model = nnx.merge(self.graphdef, precision.cast_params(params, self.compute_dtype))
     ctx = Context(task_id=batch["task_id"], num_tasks=self.num_tasks,
                   deterministic=deterministic, rng=rng, capture=capture,
                   head_gates=head_gates, head_means=head_means,

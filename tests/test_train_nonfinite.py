@@ -51,7 +51,9 @@ def test_guard_flags_and_drops_exactly(skip):
     assert np.isnan(np.asarray(s2["params"]["w"])[1])
 
 
-def test_skip_in_the_real_compiled_step(tiny_config):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_skip_in_the_real_compiled_step(tiny_config, dtype):
+  tiny_config.model.dtype = dtype  # the guard holds under either precision policy
   tiny_config.train.on_nonfinite = "skip"
   tiny_config.optim.learning_rate = 1e30  # finite, but overflows the parameters at once
   tiny_config.optim.warmup_steps = 0

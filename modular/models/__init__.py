@@ -6,7 +6,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models import heads  # registers the "classify" head
-from modular.models import remat
+from modular.models import precision, remat
 from modular.models.context import Context
 from modular.models.encoder import Encoder, EncoderBlock
 from modular.models.slots import ADAPTER, BLOCK, FFN, HEAD, SlotArgs, build_slot, param
@@ -29,6 +29,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   # jax.checkpoint on each block: "none", "block", "nothing_saveable", "dots_saveable",
   # "dots_with_no_batch_dims_saveable" (modular/models/remat.py).
   c.remat = "none"
+  # Compute dtype: "float32" or "bfloat16" (parameters and optimizer state stay
+  # float32; norms, softmax, losses and the multi-task solve run in float32:
+  # modular/models/precision.py).
+  c.dtype = "float32"
   c.vocab_size = -1  # filled from the data
   c.seq_len = -1  # filled from the data
   c.num_tasks = -1  # filled from the data

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from modular.models import precision
 from modular.models.context import Context
 from modular.models.slots import param
 
@@ -89,7 +90,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: Context, *, causal: bo
   if key_mask is not None:  # additive mask on padded keys
     keep = key_mask[:, None, None, :]  # [B, 1, 1, L]
     logits = logits + jnp.where(keep, 0.0, jnp.finfo(logits.dtype).min).astype(logits.dtype)
-  probs = jax.nn.softmax(logits, axis=-1)
+  probs = precision.softmax(logits, axis=-1)  # float32 softmax, in the compute dtype
   heads = gate_heads(jnp.einsum("bhqs,bshk->bqhk", probs, v), ctx)  # [B, L, H, dh]
   ctx.capture_activation("attn_probs", probs)
   ctx.capture_activation("attn_heads", heads)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from modular.models import remat
+from modular.models import precision, remat
 from modular.models.attention import attend
 from modular.models.context import Context
 from modular.models.slots import build_slot, param
@@ -133,6 +133,7 @@ class Encoder(nnx.Module):
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.d_model // cfg.num_heads
     self.remat = remat.check(cfg.get("remat", "none"))  # model.remat, per block
+    self.compute_dtype = precision.check(cfg.get("dtype", "float32"))  # model.dtype
     positions = cfg.max_positions if cfg.max_positions > 0 else cfg.seq_len
     if positions < cfg.seq_len:
       raise ValueError(f"config.model.seq_len: {cfg.seq_len} exceeds the encoder's "
@@ -164,7 +165,7 @@ class Encoder(nnx.Module):
     x = self.ln_embed(x)
     ctx.capture_activation("embeddings", x)
     for i, block in enumerate(self.blocks):
-      x = remat.call(block, x, ctx.at(layer=i, position=""), self.remat)
+      x = precision.residual(remat.call(block, x, ctx.at(layer=i, position=""), self.remat), x)
     ctx.capture_activation("final", x)
     return x
 

@@ -23,7 +23,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models.attention import CausalSelfAttention
-from modular.models import remat
+from modular.models import precision, remat
 from modular.models.context import Context
 from modular.models.slots import BLOCK, SlotArgs, build_slot, param
 
@@ -36,10 +36,8 @@ class LayerNorm(nnx.Module):
     self.bias = param(rngs, (d,), ("embed",), init="zeros")
     self.eps = eps
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+  def __call__(self, x: jax.Array) -> jax.Array:  # [..., d], statistics in float32
+    return precision.norm_in_float32(x, self.scale[...], self.bias[...], self.eps)
 
 
 def dropout(x: jax.Array, rate: float, ctx: Context, name: str) -> jax.Array:
@@ -115,6 +113,7 @@ class Transformer(nnx.Module):
     self.num_heads = cfg.num_heads
     self.head_dim = cfg.d_model // cfg.num_heads
     self.remat = remat.check(cfg.get("remat", "none"))  # model.remat, per block
+    self.compute_dtype = precision.check(cfg.get("dtype", "float32"))  # model.dtype
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
     self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
@@ -140,7 +139,7 @@ class Transformer(nnx.Module):
     seq = tokens.shape[1]
     x = self.embed[...][tokens] + self.pos_embed[...][:seq]  # [B, L, d]
     for i, block in enumerate(self.blocks):
-      x = remat.call(block, x, ctx.at(layer=i, position=""), self.remat)
+      x = precision.residual(remat.call(block, x, ctx.at(layer=i, position=""), self.remat), x)
     x = self.ln_final(x)
     ctx.capture_activation("final", x)
     return self.head(x, ctx.at(layer=-1, position="head"))

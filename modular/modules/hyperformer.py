@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from modular.models import precision
 from modular.models.context import Context
 from modular.models.slots import ADAPTER, SlotArgs, param
 from modular.modules.options import resolve, slot_key
@@ -131,9 +132,7 @@ class HyperAdapter(nnx.Module):
     w = {k: v[ctx.task_id] for k, v in self.hyper(self.layer, self.position).items()}
     h = jax.nn.gelu(jnp.einsum("bld,bdr->blr", x, w["down"]) + w["down_b"][:, None])
     u = jnp.einsum("blr,brd->bld", h, w["up"]) + w["up_b"][:, None]  # [B, L, d]
-    mean = u.mean(-1, keepdims=True)
-    var = ((u - mean) ** 2).mean(-1, keepdims=True)
-    normed = (u - mean) * jax.lax.rsqrt(var + 1e-5)
+    normed = precision.norm_in_float32(u, jnp.ones((), u.dtype), None, 1e-5)  # float32 stats
     return x + normed * w["scale"][:, None] + w["bias"][:, None]
 
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from modular.models import precision
 from modular.models.context import Context
 from modular.models.slots import HEAD, SlotArgs, activation_fn, param
 from modular.modules import routing
@@ -60,7 +61,7 @@ class _Level(nnx.Module):
   def all_tasks(self, streams, shared, act):
     """Every task's stream: [B, L, T, din], [B, L, din] -> [B, L, T, h], [B, L, h]."""
     out_s = act(jnp.einsum("bld,edh->bleh", shared, self.shared_w[...]) + self.shared_b[...])
-    gates = jax.nn.softmax(jnp.einsum("bltd,tde->blte", streams, self.gate[...]), -1)
+    gates = precision.softmax(jnp.einsum("bltd,tde->blte", streams, self.gate[...]), -1)
     new = jnp.einsum("blte,bleh->blth", gates[..., self.per_task:], out_s)
     pool = out_s
     if self.per_task:
@@ -68,13 +69,13 @@ class _Level(nnx.Module):
       new = new + jnp.einsum("blte,blteh->blth", gates[..., :self.per_task], out_t)
       b, l, t, e, h = out_t.shape
       pool = jnp.concatenate([out_t.reshape(b, l, t * e, h), out_s], axis=2)
-    shared_gate = jax.nn.softmax(shared @ self.shared_gate[...], -1)  # [B, L, T*Et+Es]
+    shared_gate = precision.softmax(shared @ self.shared_gate[...], -1)  # [B, L, T*Et+Es]
     return new, jnp.einsum("blk,blkh->blh", shared_gate, pool)
 
   def own_task(self, stream, shared, task, act):
     """The example's own task: [B, L, din] x2, task [B] -> [B, L, h], gates [B, L, E]."""
     out_s = act(jnp.einsum("bld,edh->bleh", shared, self.shared_w[...]) + self.shared_b[...])
-    gates = jax.nn.softmax(jnp.einsum("bld,bde->ble", stream, self.gate[...][task]), -1)
+    gates = precision.softmax(jnp.einsum("bld,bde->ble", stream, self.gate[...][task]), -1)
     y = jnp.einsum("ble,bleh->blh", gates[..., self.per_task:], out_s)
     if self.per_task:
       w, b = self.task_w[...][task], self.task_b[...][task]  # [B, Et, din, h], [B, Et, h]

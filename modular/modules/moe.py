@@ -124,17 +124,22 @@ class MoEFFN(nnx.Module):
     self.b_out = param(rngs, (e, d), ("expert", "embed"), init="zeros")
 
   def router_logits(self, x: jax.Array, task: jax.Array) -> jax.Array:
-    """[G, S, d], task ids [G, S] -> router logits [G, S, E] (float32)."""
+    """[G, S, d], task ids [G, S] -> router logits [G, S, E] (float32).
+
+    The router runs in float32 whatever ``model.dtype`` (its inputs and weights are
+    upcast), as Switch Transformer's selective precision does.
+    """
     o = self.opts
+    f32 = lambda v: v[...].astype(jnp.float32)  # noqa: E731
     x = x.astype(jnp.float32)
     if o.task_gate == "add":
-      x = x + self.task_embed[...][task]
+      x = x + f32(self.task_embed)[task]
     if o.task_gate == "per_task":
-      all_tasks = jnp.einsum("gsd,tde->gste", x, self.router[...])  # [G, S, T, E]
+      all_tasks = jnp.einsum("gsd,tde->gste", x, f32(self.router))  # [G, S, T, E]
       return jnp.take_along_axis(all_tasks, task[..., None, None], axis=2)[:, :, 0]
-    logits = x @ self.router[...]
+    logits = x @ f32(self.router)
     if o.task_gate == "concat":  # [x; e_t] W = x W_x + e_t W_t
-      logits = logits + (self.task_embed[...] @ self.task_router[...])[task]
+      logits = logits + (f32(self.task_embed) @ f32(self.task_router))[task]
     return logits
 
   def experts(self, xe: jax.Array) -> jax.Array:
@@ -162,7 +167,7 @@ class MoEFFN(nnx.Module):
     valid = None if ctx.token_mask is None else ctx.token_mask.astype(bool).reshape(g, s)
     logits = self.router_logits(xg, task)  # [G, S, E]
     ctx.capture_activation("router_logits", logits.reshape(b, length, e))
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # float32 router
     factor = o.capacity_factor
     if ctx.deterministic and o.eval_capacity_factor > 0:
       factor = o.eval_capacity_factor

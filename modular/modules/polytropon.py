@@ -63,9 +63,13 @@ class Allocation(nnx.Module):
                         ("tasks", None, "skills"), scale=1e-3)
 
   def __call__(self, ctx: Context) -> jax.Array:
-    """Skill weights of every task: [T, h, S], each row normalized over skills."""
+    """Skill weights of every task: [T, h, S], each row normalized over skills.
+
+    Computed in float32 and returned in the logits' (the compute) dtype.
+    """
     o = self.opts
-    z = self.logits[...]
+    dtype = self.logits[...].dtype
+    z = self.logits[...].astype(jnp.float32)
     if ctx.deterministic:
       alloc = jax.nn.sigmoid(z)
     else:
@@ -73,7 +77,7 @@ class Allocation(nnx.Module):
       if o.straight_through:
         alloc = routing.straight_through((alloc > 0.5).astype(alloc.dtype), alloc)
     self._telemetry(ctx)
-    return alloc / (alloc.sum(-1, keepdims=True) + 1e-6)
+    return (alloc / (alloc.sum(-1, keepdims=True) + 1e-6)).astype(dtype)
 
   def _telemetry(self, ctx: Context) -> None:
     p = jax.nn.sigmoid(self.logits[...])  # [T, h, S]

@@ -97,7 +97,7 @@ class TaskRouter(nnx.Module):
     z = self.logits()
     if o.gate == "gumbel" and not ctx.deterministic:
       z = z + routing.gumbel(ctx.key("task_route"), z.shape)
-    probs = jax.nn.softmax(z / o.temperature, axis=-1)  # [T, E]
+    probs = jax.nn.softmax(z.astype(jnp.float32) / o.temperature, axis=-1)  # [T, E]
     top, experts = jax.lax.top_k(probs, k)  # [T, K]
     if o.straight_through:
       weights = routing.straight_through(jnp.full_like(top, 1.0 / k), top)

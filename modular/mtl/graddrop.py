@@ -36,9 +36,14 @@ class KeyState(NamedTuple):
 
 
 def graddrop_leaf(g, u, leak: float):
-  """GradDrop on one leaf ``g`` ``[T, ...]`` with uniforms ``u`` ``[...]``."""
-  total = jnp.sum(g, axis=0)
-  mag = jnp.sum(jnp.abs(g), axis=0)
+  """GradDrop on one leaf ``g`` ``[T, ...]`` with uniforms ``u`` ``[...]``.
+
+  The purity and the draws are float32 whatever ``g``'s dtype (a bfloat16 gradient
+  keeps the signs the float32 one keeps); the sum is formed in ``g``'s dtype.
+  """
+  g32 = g.astype(jnp.float32)
+  total = jnp.sum(g32, axis=0)
+  mag = jnp.sum(jnp.abs(g32), axis=0)
   purity = 0.5 * (1.0 + total / jnp.where(mag > 0, mag, 1.0))
   keep = ((purity > u) & (g > 0)) | ((purity < u) & (g < 0))
   return jnp.sum((leak + (1.0 - leak) * keep.astype(g.dtype)) * g, axis=0)
@@ -66,6 +71,6 @@ class GradDrop(LeafwiseMethod):
     del gram, losses, present
     key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     keys = jax.random.split(sub, len(leaves))
-    out = [graddrop_leaf(g, jax.random.uniform(k, g.shape[1:], g.dtype), self.leak)
+    out = [graddrop_leaf(g, jax.random.uniform(k, g.shape[1:], jnp.float32), self.leak)
            for g, k in zip(leaves, keys)]
     return out, KeyState(jax.random.key_data(key)), {}
