@@ -2,14 +2,14 @@
 
 Every registered method that declares ``streams_gram`` is run both ways on a tiny model
 (one compiled program for all of them), with a task-specific head and an absent task;
-the leaf-wise methods are refused with one config line; the train step gives the same
-new state both ways, also sharded on 8 simulated devices.
+the leaf-wise methods are refused with one config line; the train step (PCGrad, a task
+absent) gives the same new state both ways on 8 simulated devices, parameters sharded over
+a 4 x 2 (data, model) mesh.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from conftest import run_with_devices
@@ -117,7 +117,7 @@ from modular.train.step import init_state, make_train_step
 
 DEVICES = len(jax.devices())
 cfg = models_lib.default_model_config()
-cfg.update(d_model=16, num_heads=2, num_layers=2, d_ff=32, vocab_size=32, seq_len=8,
+cfg.update(d_model=16, num_heads=2, num_layers=1, d_ff=32, vocab_size=32, seq_len=8,
            num_tasks=3)
 fm, params, axes = FunctionalModel.split(models_lib.build_model(cfg, seed=0))
 full = config_lib.get_base_config()
@@ -130,7 +130,7 @@ batch = {"inputs": inputs, "targets": jnp.roll(inputs, -1, 1),
          "mask": jnp.ones((8, 8), jnp.float32),
          "task_id": jnp.asarray([0, 1, 0, 1, 0, 1, 0, 1], jnp.int32)}  # task 2 absent
 out = {}
-for name in ("pcgrad", "upgrad"):
+for name in ("pcgrad",):  # every method's combine is covered above; this is the wiring
   mcfg = mtl.default_mtl_config(); mcfg.update(method=name, num_tasks=3, seed=1)
   method = mtl.build(mcfg, params)
   tx = optax.sgd(0.1)
@@ -159,15 +159,9 @@ print(json.dumps(out))
 
 
 def _check_step(out):
-  for name in ("pcgrad", "upgrad"):
+  for name in ("pcgrad",):
     assert out[name]["moved"] > 1e-4, out            # the step changed the parameters
     assert out[name]["max_diff"] <= 1e-5, (name, out)
-
-
-def test_train_step_streaming_equals_materialized():
-  ns = {}
-  exec(compile(STEP_CODE.replace("print(json.dumps(out))", ""), "step", "exec"), ns)
-  _check_step(ns["out"])
 
 
 @pytest.mark.timeout(300)
