@@ -16,10 +16,13 @@ with the same key), and one more VJP of the same forward pass with cotangent ``c
 ``sum_t c_t g_t``.
 
 Memory: parameters, optimizer state and forward residuals as in the summed step, plus one
-gradient (the final VJP), ``O(T^2)`` for ``G`` and, transiently, the largest leaf's
-``[T, ...]`` block and the batched backward pass's ``T`` activation cotangents (the
-materialized path has those too). Time: the materialized step's forward and batched
-backward pass, plus one more backward pass, minus the weighted-sum read of ``[T, P]``.
+gradient (the final VJP), ``O(T^2)`` for ``G`` and, transiently, leaves' ``[T, ...]`` blocks
+and the batched backward pass's ``T`` activation cotangents (the materialized path has
+those too). How many blocks are alive at once is XLA's schedule: on CPU (jax 0.10.1) the
+temporaries still grow by about a third of a gradient per task (``bench/streaming_gram.py``
+and the README's figures), against a whole gradient per task materialized. Time: the
+materialized step's forward and batched backward pass, plus one more backward pass, minus
+the weighted-sum read of ``[T, P]``.
 Task-specific leaves (``mtl.task_specific``) are not tapped; they get their cotangent
 (ones, or the weights for ``weight_task_specific`` methods) from a second VJP whose
 unused part XLA drops (cheap for heads at the top of the model).
