@@ -250,6 +250,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
            f"must be a positive int, got {t.microbatches!r}")
   _require(t.batch_size % t.microbatches == 0, "train.microbatches",
            f"batch_size {t.batch_size} is not divisible by microbatches {t.microbatches}")
+  _require(not (cfg.mtl.get("gram", "materialize") == "streaming" and t.microbatches > 1
+               and mtl_lib.METHODS.get(cfg.mtl.method).needs_task_grads), "mtl.gram",
+           f"'streaming' with train.microbatches={t.microbatches} is not supported (the Gram "
+           "matrix of the whole batch needs the cross-micro-batch terms): set "
+           "train.microbatches=1 or mtl.gram='materialize'")
   _require(t.block_every_step in ("auto", True, False), "train.block_every_step",
            f"must be 'auto', True or False, got {t.block_every_step!r}")
   _require(t.on_nonfinite in NONFINITE_ACTIONS, "train.on_nonfinite",

@@ -18,7 +18,8 @@ Outside the loop every method is an optax transform over ``[T, ...]`` gradients:
   opt = optax.chain(mtl.pcgrad(seed=0), optax.adam(1e-3))
 
 Methods work on the ``T x T`` Gram matrix (``gram.py``): the big gradients are read
-twice (Gram, combination) and never flattened, so their sharding is kept. GradDrop,
+twice (Gram, combination) and never flattened, so their sharding is kept; with
+``mtl.gram="streaming"`` (``streaming.py``) they are never held at all. GradDrop,
 TrimmedMean, ExcessMTL, DB-MTL and MoCo need the gradients per coordinate
 (``leafwise.py``). Every method is one file, a dataclass whose fields are its options,
 registered with ``@register(name)``; this package imports every module in its folder,
@@ -57,6 +58,8 @@ from modular.mtl.mgda import MGDA, mgda
 from modular.mtl.nashmtl import NashMTL, nash_mtl
 from modular.mtl.pcgrad import PCGrad, pcgrad
 from modular.mtl.rep_grads import rep_value_and_grad
+from modular.mtl.streaming import (GRAM_MODES, check_streams, streaming_combine,
+                                   streaming_value_and_gram)
 from modular.mtl.task_grads import per_task_value_and_grad
 from modular.mtl.weighting import DWA, Mean, Uncertainty, dwa, mean, uncertainty
 
@@ -66,7 +69,8 @@ __all__ = [
     "default_mtl_config", "dwa", "gradnorm", "gram_matrix", "imtl_g", "mean", "mgda",
     "nash_mtl", "pcgrad", "per_task_value_and_grad", "rep_value_and_grad",
     "task_specific_mask", "telemetry", "uncertainty", "validate_mtl_config", "weighted_sum",
-    "method_kwargs", "method_options", "register", "transform",
+    "method_kwargs", "method_options", "register", "transform", "GRAM_MODES",
+    "check_streams", "streaming_combine", "streaming_value_and_gram",
 ]
 
 # Every registered method class is importable as ``mtl.<ClassName>`` without listing it

@@ -17,6 +17,10 @@ Keys:
   task_specific: regexes (``re.search``) over parameter paths such as
     ``"head/kernel"``; matching parameters are task-specific and keep their own task's
     gradient. Default empty: everything is shared. Typical: ``["^heads/", "adapter"]``.
+  gram: ``"materialize"`` (default: the per-task gradients ``[T, ...]`` are formed, then
+    combined) or ``"streaming"`` (the Gram matrix is accumulated inside the batched
+    backward pass and the update is one more VJP: ``O(P + T^2)`` memory, ``streaming.py``);
+    ``"streaming"`` needs a method with ``streams_gram`` and ``train.microbatches = 1``.
   rep_level: surgery on the shared representation instead of the shared parameters
     (``rep_value_and_grad``; read by the training loop, not by the methods).
 
@@ -38,6 +42,7 @@ import ml_collections
 
 from modular.mtl import options as options_lib
 from modular.mtl.method import METHODS
+from modular.mtl.streaming import GRAM_MODES, check_streams
 
 # Flat keys of older configs -> (method, option).
 LEGACY_KEYS = {
@@ -58,6 +63,7 @@ def default_mtl_config() -> ml_collections.ConfigDict:
   c.num_tasks = 0
   c.seed = 0
   c.task_specific = []
+  c.gram = "materialize"
   return c
 
 
@@ -123,4 +129,8 @@ def validate_mtl_config(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.mtl.task_specific: bad regex {pattern!r}: {e}") from None
   _check(cfg.get("options") is None or isinstance(cfg.options, (dict, ml_collections.ConfigDict)),
          "options", f"must be a mapping of option -> value, got {cfg.get('options')!r}")
-  METHODS.get(cfg.method)(**method_kwargs(cfg))
+  gram = cfg.get("gram", "materialize")  # run folders from before the key: materialize
+  _check(gram in GRAM_MODES, "gram", f"unknown {gram!r}; known: {', '.join(GRAM_MODES)}")
+  method = METHODS.get(cfg.method)(**method_kwargs(cfg))
+  if gram == "streaming":
+    check_streams(method)

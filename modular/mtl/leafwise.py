@@ -33,6 +33,8 @@ PyTree = Any
 class LeafwiseMethod(Method):
   """Base of the methods that read the shared gradients leaf by leaf."""
 
+  streams_gram = False  # the update needs the [T, ...] leaves, not only G
+
   def shared_zeros(self, params: PyTree, num_tasks: int) -> tuple:
     """``[T, ...]`` float32 zeros for every shared leaf of ``params``, in leaf order.
 

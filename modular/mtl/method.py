@@ -49,7 +49,7 @@ Stats = dict[str, jax.Array]
 # Every module of this package is imported on the first lookup, so that its
 # ``@register`` decorators run: adding a method is adding one file.
 _INFRASTRUCTURE = {"method", "options", "config", "gram", "simplex", "task_grads", "rep_grads",
-                   "qp"}
+                   "qp", "streaming"}
 METHODS: Registry[type["Method"]] = Registry(
     "mtl method",
     lazy_modules=tuple(
@@ -96,6 +96,10 @@ class Method:
   # TrimmedMean, DB-MTL, MoCo): their stats carry no "weights".
   linear_in_grads: ClassVar[bool] = True
   simplex_weights: ClassVar[bool] = False  # weights on the simplex: bounds [0, 1]
+  # True where the update is sum_t c_t g_t with c from solve_gram (the Gram matrix and
+  # the state) alone, so mtl.gram="streaming" applies (``streaming.py``); False for the
+  # leaf-wise methods, which read the gradients coordinate by coordinate.
+  streams_gram: ClassVar[bool] = True
 
   task_specific: tuple = dataclasses.field(default=(), kw_only=True)
   num_tasks: int = dataclasses.field(default=0, kw_only=True,
@@ -162,13 +166,32 @@ class Method:
     if isinstance(mask, str):
       mask = gram_lib.task_specific_mask(task_grads, self.task_specific)
     gram = gram_lib.gram_matrix(task_grads, mask)
+    stats, state = self.solve_gram(gram, state, losses, present)
+    specific = stats["weights"] if self.weight_task_specific else None
+    grads = gram_lib.weighted_sum(task_grads, stats["weights"], mask, specific)
+    return grads, state, stats
+
+  def solve_gram(self, gram: jax.Array, state: PyTree, losses: jax.Array | None,
+                 present: jax.Array) -> tuple[Stats, PyTree]:
+    """``solve``, absent tasks zeroed, and the telemetry: everything but the gradients.
+
+    Shared by ``combine`` and the streaming path (``streaming.streaming_combine``), which
+    forms ``sum_t weights_t g_t`` by one more VJP instead of reading ``[T, ...]``.
+
+    Args:
+      gram: ``[T, T]`` Gram matrix of the shared gradients.
+      state: the method state.
+      losses: ``[T]`` or None.
+      present: ``[T]`` float 0/1.
+
+    Returns:
+      ``(stats, new_state)``; ``stats["weights"]`` ``[T]`` are the update's coefficients.
+    """
     contrib, state, extra = self.solve(gram, state, losses, present)
     contrib = contrib * present[:, None] * present[None, :]
     stats = gram_lib.telemetry(gram, contrib, present)
     stats.update(extra)
-    specific = stats["weights"] if self.weight_task_specific else None
-    grads = gram_lib.weighted_sum(task_grads, stats["weights"], mask, specific)
-    return grads, state, stats
+    return stats, state
 
   # -- loss-weighting path -----------------------------------------------------
   def loss_weights(self, state: PyTree, present: jax.Array) -> jax.Array:

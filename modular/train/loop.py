@@ -102,7 +102,8 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
   init = jax.jit(lambda: init_state(params, tx, method, seed, part), out_shardings=state_sh)
   batch_sh = sharding_lib.batch_sharding(cfg, mesh)
   step_fn = with_nonfinite_guard(make_train_step(fm, tx, method, schedule, param_sh, part,
-                                                 cfg.train.microbatches),
+                                                 cfg.train.microbatches,
+                                                 cfg.mtl.get("gram", "materialize")),
                                  skip=cfg.train.on_nonfinite == "skip")
   train_step = jax.jit(step_fn,
                        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, repl),

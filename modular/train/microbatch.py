@@ -29,8 +29,9 @@ above, statistics are averaged; both equal the big batch's where they do not dep
 the batch (parameter priors), not in general. Dropout draws a key per micro-batch
 (``fold_in(step_key, m)``).
 
-``mtl.gram`` has no streaming mode yet; the accumulated per-task gradients are the
-materialized [T, ...] tensor.
+The accumulated per-task gradients are the materialized [T, ...] tensor: ``mtl.gram =
+"streaming"`` (``modular.mtl.streaming``) is refused with k > 1, since the whole batch's
+Gram matrix ``sum_{m, m'} <g_s^m, g_t^m'>`` needs the cross-micro-batch terms.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 Keys are compared as dotted paths (``data.tasks``, ``model.ffn.num_experts``); a key
 that defines the run and differs stops the resume with one line naming the key and
 the folder. What may change on a resume is ``MAY_CHANGE`` (prefixes): the length of
-the run, cadences, where data lives, the device mesh, and the optimizer's scalar
+the run, cadences, where data lives, the device mesh, how the same update is computed
+(``train.microbatches``, ``model.remat``, ``mtl.gram``), and the optimizer's scalar
 hyperparameters (a learning-rate change is a deliberate intervention, watched by the
 non-finite guard). Everything else (data, tasks and their order, sizes, sampling,
 seeds, model, method, optimizer kind, frozen and multiplier rules) defines the run.
@@ -24,7 +25,7 @@ MAY_CHANGE = (
     "train.keep_checkpoints", "train.async_checkpoint", "train.progress",
     "train.block_every_step", "train.on_nonfinite", "train.max_consecutive_skips",
     "train.init_from", "train.keep_step0", "train.microbatches",
-    "model.remat",
+    "model.remat", "mtl.gram",
     "data.data_dir",
     "mesh.",
     "optim.learning_rate", "optim.schedule", "optim.warmup_steps", "optim.end_lr_factor",

@@ -8,6 +8,11 @@ configured multi-task method (``modular.mtl``), never naming one:
   * loss-weighting methods (mean, uncertainty, DWA) give weights w [T] and the step
     differentiates sum_t w_t L_t once.
 
+With ``gram = "streaming"`` (``mtl.gram``) a surgery method gets the T x T Gram matrix
+from inside the batched backward pass and the update from one more VJP, never holding
+the [T, ...] gradients (``modular.mtl.streaming``); it is refused with ``microbatches > 1``
+(the whole batch's Gram matrix needs the cross-micro-batch terms).
+
 With ``microbatches = k > 1`` both paths scan over k micro-batches and accumulate what
 the whole batch would give (per-task gradients, or the weighted gradient), then update
 once (``modular.train.microbatch``).
@@ -65,7 +70,8 @@ def init_state(params: Any, tx: optax.GradientTransformation, method: Any, seed:
 
 def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, method: Any,
                     schedule: optax.Schedule | None = None, param_shardings: Any = None,
-                    partition: Partition | None = None, microbatches: int = 1
+                    partition: Partition | None = None, microbatches: int = 1,
+                    gram: str = "materialize"
                     ) -> Callable[[State, dict], tuple[State, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -81,6 +87,7 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
       ``tx`` see the trainable sub-dict only.
     microbatches: k (``train.microbatches``): the step scans over k micro-batches of
       B / k rows and gives the whole batch's update (``modular.train.microbatch``).
+    gram: ``"materialize"`` or ``"streaming"`` (``mtl.gram``; surgery methods only).
 
   Returns:
     The step function. Metrics hold [T] arrays under ``task/<name>``, the auxiliary
@@ -89,6 +96,14 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
   """
 
   partition = partition or Partition()
+  streaming = gram == "streaming" and method.needs_task_grads
+  if gram not in mtl_lib.GRAM_MODES:
+    raise ValueError(f"config.mtl.gram: unknown {gram!r}; known: {', '.join(mtl_lib.GRAM_MODES)}")
+  if streaming:
+    mtl_lib.check_streams(method)
+    if microbatches > 1:
+      raise ValueError(f"config.mtl.gram: 'streaming' with train.microbatches={microbatches} "
+                       "is not supported: set train.microbatches=1 or mtl.gram='materialize'")
   grad_shardings = None if param_shardings is None else partition.trainable(param_shardings)
 
   def loss_vector(trainable, frozen, batch, rng):
@@ -112,6 +127,13 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation, metho
       grads, (losses, aux) = microbatch.weighted_grad(
           loss_vector, weights, params, frozen, batch, step_rng, microbatches)
       mtl_state, mtl_stats = method.observe(state["mtl_state"], losses, present)
+    elif streaming:
+      (losses, aux), gram_matrix, pullback = mtl_lib.streaming_value_and_gram(
+          loss_vector, has_aux=True, task_specific=method.task_specific,
+          shardings=grad_shardings)(params, frozen, batch, step_rng)
+      present = aux["metrics"]["present"]
+      grads, mtl_state, mtl_stats = mtl_lib.streaming_combine(
+          method, gram_matrix, pullback, state["mtl_state"], losses=losses, present=present)
     elif method.needs_task_grads:
       (losses, aux), task_grads = mtl_lib.per_task_value_and_grad(
           loss_vector, has_aux=True, shardings=grad_shardings)(
