@@ -33,7 +33,7 @@ from modular.data.pipeline import encode_example
 
 def has_rule(name: str) -> bool:
   """Whether ``name`` is a built-in task with a declared corruption rule."""
-  return name in tasks_lib.TASKS and tasks_lib.get_task(name).corrupt is not None
+  return name in tasks_lib.TASKS.names() and tasks_lib.get_task(name).corrupt is not None
 
 
 def corrupted_pairs(task_names: Sequence[str], spec: tasks_lib.TaskSpec, *, seq_len: int,
