@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -281,3 +283,14 @@ def test_bad_site_metric_and_pairs_are_one_line(setup):
   with pytest.raises(ValueError, match="declares no corruption rule"):
     pairs_lib.corrupted_pairs(["copy", "mine"], tasks_lib.TaskSpec(8, 2, 4), seq_len=SEQ,
                               examples_per_task=1, tasks=["mine"])
+
+
+def test_report_view_names_the_strongest_heads(setup, heads_map, tmp_path):
+  from modular.analysis import patching_report
+  figs, line = patching_report.write_patching(heads_map, list(NAMES), 6, str(tmp_path))
+  assert figs[0][0] == "Patching" and os.path.getsize(tmp_path / figs[0][2]) > 1000
+  for t, name in enumerate(NAMES):
+    m = heads_map.task_map(t)
+    l, h = np.unravel_index(np.nanargmax(m), m.shape)
+    assert f"{name} L{l}H{h} ({m[l, h]:.2f})" in line
+  assert f"Pearson {heads_map.agreement.pearson:.2f}" in line
