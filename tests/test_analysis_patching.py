@@ -63,7 +63,8 @@ def np_forward(p, inputs, patches=None):
     heads = tap(f"block{l}/attn/attn_heads", np.einsum("bhqs,bshk->bqhk", probs, v))
     x = x + tap(f"block{l}/attn/out", np.einsum("blhk,hkd->bld", heads, a["wo"]))
     f = blk["ffn"]
-    act = np.maximum(_ln(x, blk["ln_ffn"]) @ f["w_in"] + f["b_in"], 0.0)
+    act = tap(f"block{l}/ffn/ffn_act",
+              np.maximum(_ln(x, blk["ln_ffn"]) @ f["w_in"] + f["b_in"], 0.0))
     x = x + tap(f"block{l}/ffn/out", act @ f["w_out"] + f["b_out"])
   x = _ln(x, p["ln_final"])
   return x @ p["head"]["kernel"] + p["head"]["bias"], sites
@@ -196,6 +197,25 @@ def test_position_map_matches_numpy(setup):
   np.testing.assert_allclose(r.effect[0, same], 0.0, atol=2e-6)
 
 
+def test_neuron_map_matches_numpy(setup):
+  """One component per FFN neuron (the dense FFN's hidden units), [NL, F]."""
+  fm, params, p, clean, corrupt = setup
+  r = patching.activation_patching(fm, params, clean, corrupt, site="neurons", metric="loss",
+                                   attribution=False, batch_size=len(clean["inputs"]))
+  alt = corrupt["targets"]
+  _, src = np_forward(p, clean["inputs"])
+  base = np_metric(np_forward(p, corrupt["inputs"])[0], clean, alt, "loss", 3)
+  assert r.shape == (NL, 32)
+  for l, n in [(0, 3), (1, 17), (1, 30)]:
+    w = np.zeros((1, 32))
+    w[0, n] = 1.0
+    name = f"block{l}/ffn/ffn_act"
+    logits, _ = np_forward(p, corrupt["inputs"], {name: (w, src[name])})
+    np.testing.assert_allclose(r.effect[l, n], np_metric(logits, clean, alt, "loss", 3) - base,
+                               atol=1e-5)
+  assert np.abs(r.effect).max() > 1e-3
+
+
 PLANTED = {(0, 0): {0}, (0, 1): {0, 1}, (1, 0): set(), (1, 1): {1, 2}}
 
 
@@ -266,8 +286,8 @@ def test_hook_off_is_the_same_program(setup, monkeypatch):
   run = jax.jit(run)
   plain, sites = run(params, clean, None)
   zero = {n: (np.zeros(a.shape[:-1] + (1,), np.float32), a + 1.0)
-          for n, a in sites.items() if n.endswith(("resid_pre", "out", "heads"))}
-  assert len(zero) == 4 * NL
+          for n, a in sites.items() if n.endswith(("resid_pre", "out", "heads", "ffn_act"))}
+  assert len(zero) == 5 * NL
   patched, _ = run(params, clean, zero)
   np.testing.assert_array_equal(np.asarray(patched), np.asarray(plain))
 

@@ -11,9 +11,10 @@ component writes its output from the *source* run into the *target* run
                       components break it.
 
 Components (``site``): ``heads`` (each head's output [B, S, H, dh] of a layer, at all
-positions or, with ``per_position``, at one position), ``resid`` (the residual
-stream entering each layer, per position), ``attn`` and ``ffn`` (each layer's
-attention and FFN output [B, S, d], whole or per position). Maps: [NL, H] for heads,
+positions or, with ``per_position``, at one position), ``neurons`` (each hidden unit
+[B, S, F] of a dense FFN, likewise), ``resid`` (the residual stream entering each
+layer, per position), ``attn`` and ``ffn`` (each layer's attention and FFN output
+[B, S, d], whole or per position). Maps: [NL, H] for heads, [NL, F] for neurons,
 [NL, S] for positions, [NL, S, H] for heads per position, per task.
 
 Metrics, per task, over its examples' answer tokens (ratios of sums, so exact over
@@ -50,8 +51,9 @@ from modular.analysis.ablation import default_chunk
 from modular.analysis.batches import split_batches
 from modular.objective import FunctionalModel, Params, is_classification, token_losses
 
-SITES = {"heads": "attn/attn_heads", "resid": "resid_pre", "attn": "attn/out",
-         "ffn": "ffn/out"}
+SITES = {"heads": "attn/attn_heads", "neurons": "ffn/ffn_act", "resid": "resid_pre",
+         "attn": "attn/out", "ffn": "ffn/out"}
+UNIT_SITES = ("heads", "neurons")  # sites with one component per head / neuron
 METRICS = ("logit_diff", "loss")
 DIRECTIONS = ("denoise", "noise")
 
@@ -61,25 +63,38 @@ def site_name(site: str, layer: int) -> str:
   return f"block{layer}/{SITES[site]}"
 
 
-def weight_patterns(site: str, seq_len: int, num_heads: int, per_position: bool
+def weight_patterns(site: str, seq_len: int, units: int, per_position: bool
                     ) -> np.ndarray:
-  """One patch weight per component, broadcast against the site's [B, S, (H,) dh].
+  """One patch weight per component, broadcast against the site's activation.
 
-  Component c of heads is head h (c = h), or position s of head h (c = s * H + h)
-  with ``per_position``; of the other sites position s (c = s), or the whole output
-  (c = 0).
+  Component c of heads (neurons) is unit u (c = u), or position s of unit u
+  (c = s * U + u) with ``per_position``; of the other sites position s (c = s), or
+  the whole output (c = 0).
+
+  Args:
+    site: a key of ``SITES``.
+    seq_len: S.
+    units: U, heads H or FFN width F (unit sites only).
+    per_position: one component per position.
 
   Returns:
-    [C, 1, H, 1] / [C, S, H, 1] for heads, [C, S, 1] / [1, 1, 1] otherwise.
+    heads [C, 1, H, 1] / [C, S, H, 1] (against [B, S, H, dh]); neurons [C, 1, F] /
+    [C, S, F]; other sites [C, S, 1] / [1, 1, 1] (against [B, S, d]).
   """
-  if site == "heads":
-    if not per_position:
-      return np.eye(num_heads, dtype=np.float32)[:, None, :, None]  # [H, 1, H, 1]
-    eye = np.eye(seq_len * num_heads, dtype=np.float32)
-    return eye.reshape(seq_len * num_heads, seq_len, num_heads, 1)
+  if site in UNIT_SITES:
+    if per_position:
+      w = np.eye(seq_len * units, dtype=np.float32).reshape(-1, seq_len, units)
+    else:
+      w = np.eye(units, dtype=np.float32)[:, None, :]  # [U, 1, U]
+    return w[..., None] if site == "heads" else w
   if not per_position:
     return np.ones((1, 1, 1), np.float32)
   return np.eye(seq_len, dtype=np.float32)[:, :, None]  # [S, S, 1]
+
+
+def _weight_shape(site: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Per-example weights of an activation: one per neuron, else per head / position."""
+  return tuple(shape) if site == "neurons" else tuple(shape[:-1]) + (1,)
 
 
 def example_metric(logits: jax.Array, clean: dict, alt_targets: jax.Array, metric: str
@@ -171,17 +186,19 @@ def attribution_sums(fm: FunctionalModel, params: Params, target: dict, source: 
   capacity-limited router, adds cross terms).
 
   Returns:
-    [T, NL, S, H] (heads) or [T, NL, S] per-task sums of (a_source - a_target) . dM/da.
+    [T, NL, S, U] (heads, neurons) or [T, NL, S] per-task sums of
+    (a_source - a_target) . dM/da.
   """
   _, cache = _cache(fm, params, source, site)
-  zeros = [jnp.zeros(a.shape[:-1] + (1,), jnp.float32) for a in cache]
+  zeros = [jnp.zeros(_weight_shape(site, a.shape), jnp.float32) for a in cache]
 
   def total(weights):
     patches = {site_name(site, l): (w, a) for l, (w, a) in enumerate(zip(weights, cache))}
     logits, _ = fm.apply(params, target, capture=True, patches=patches)
     return example_metric(logits, clean, alt_targets, metric)[0].sum()
 
-  grads = jnp.stack([g[..., 0] for g in jax.grad(total)(zeros)], 1)  # [B, NL, S, (H)]
+  grads = [g if site == "neurons" else g[..., 0] for g in jax.grad(total)(zeros)]
+  grads = jnp.stack(grads, 1)  # [B, NL, S, (U)]
   onehot = jax.nn.one_hot(clean["task_id"], fm.num_tasks, dtype=jnp.float32)  # [B, T]
   return jnp.tensordot(onehot, grads, axes=((0,), (0,)))
 
@@ -230,7 +247,7 @@ class PatchingResult:
     counts: [T] answer tokens behind each task's metric (0: the task was not paired).
     attribution: [NL, C, T] the attribution-patching estimate of ``effect`` (or None).
     agreement: attribution against exact (or None).
-    shape: the map of one task: (NL, H), (NL, S) or (NL, S, H).
+    shape: the map of one task: (NL, H), (NL, F), (NL, S), (NL, S, H) or (NL, S, F).
   """
 
   site: str
@@ -282,7 +299,7 @@ def activation_patching(fm: FunctionalModel, params: Params, clean: dict, corrup
   Args:
     fm, params: the model.
     clean, corrupt: paired pools of N examples (``data.pairs.corrupted_pairs``).
-    site: "heads", "resid", "attn" or "ffn".
+    site: "heads", "neurons", "resid", "attn" or "ffn".
     metric: "logit_diff" or "loss".
     direction: "denoise" (clean activations into the corrupted run) or "noise".
     per_position: one component per position (always for "resid").
@@ -304,7 +321,11 @@ def activation_patching(fm: FunctionalModel, params: Params, clean: dict, corrup
   pairs = list(zip(split_batches(clean, batch_size), split_batches(corrupt, batch_size)))
   if chunk == "auto":
     chunk = default_chunk(pairs[0][0]["inputs"].shape[0])
-  patterns = jnp.asarray(weight_patterns(site, seq, fm.num_heads, per_position))
+  units = fm.num_heads
+  if site == "neurons":  # the FFN width, from the traced shapes
+    units = jax.eval_shape(lambda q, b: _cache(fm, q, b, site)[1], params,
+                           pairs[0][0])[0].shape[-1]
+  patterns = jnp.asarray(weight_patterns(site, seq, units, per_position))
   nt = fm.num_tasks
   tgt, src, counts = np.zeros(nt), np.zeros(nt), np.zeros(nt)
   patched = np.zeros((fm.num_layers, patterns.shape[0], nt))
@@ -325,14 +346,15 @@ def activation_patching(fm: FunctionalModel, params: Params, clean: dict, corrup
     gap = src - tgt
     normalized = np.where(gap != 0, effect / np.where(gap != 0, gap, 1.0), np.nan)
   normalized[..., counts == 0] = np.nan
-  shape = ((fm.num_layers, fm.num_heads) if site == "heads" and not per_position else
-           (fm.num_layers, seq, fm.num_heads) if site == "heads" else
+  unit_site = site in UNIT_SITES
+  shape = ((fm.num_layers, units) if unit_site and not per_position else
+           (fm.num_layers, seq, units) if unit_site else
            (fm.num_layers, seq) if per_position else (fm.num_layers, 1))
   agree = None
   if attr is not None:
     attr = np.moveaxis(attr / denom.reshape((-1,) + (1,) * (attr.ndim - 1)), 0, -1)
-    if site == "heads" and not per_position:
-      attr = attr.sum(1)  # [NL, H, T]: a head patched at every position
+    if unit_site and not per_position:
+      attr = attr.sum(1)  # [NL, U, T]: a head (neuron) patched at every position
     elif not per_position:
       attr = attr.sum(1, keepdims=True)  # [NL, 1, T]
     attr = attr.reshape(effect.shape)
