@@ -3,7 +3,8 @@
 The NumPy decoder below (float64, from the parameter dict alone) applies the same
 writes as ``Context.patches`` (``(1 - w) * value + w * source`` at a site) and
 records every site. Checked: a patched forward pass against the model's; the
-vmapped patching maps against a loop of NumPy patched passes; attribution patching
+vmapped patching maps (heads, residual positions, FFN neurons) and path patching
+against loops of NumPy patched passes; attribution patching
 against NumPy central differences of the patch weight (its exact meaning) and
 against the exact maps (agreement); a planted model (``planted_models``) whose head
 map is nonzero exactly on the heads planted for each task; the declared
@@ -214,6 +215,32 @@ def test_neuron_map_matches_numpy(setup):
     np.testing.assert_allclose(r.effect[l, n], np_metric(logits, clean, alt, "loss", 3) - base,
                                atol=1e-5)
   assert np.abs(r.effect).max() > 1e-3
+
+
+def test_path_patching_matches_numpy(setup):
+  """Sender (0, h) -> receivers {(1, 1)}: the three runs of Wang et al. in NumPy."""
+  from modular.analysis.path_patching import path_patching
+  fm, params, p, clean, corrupt = setup
+  r = path_patching(fm, params, clean, corrupt, [(1, 1)], metric="loss",
+                    batch_size=len(clean["inputs"]))
+  alt, x = corrupt["targets"], corrupt["inputs"]
+  _, src = np_forward(p, clean["inputs"])
+  _, tgt = np_forward(p, x)
+  base = np_metric(np_forward(p, x)[0], clean, alt, "loss", 3)
+  assert r.effect.shape == (1, H, 3)
+  for h in range(H):
+    mixed = tgt["block0/attn/attn_heads"].copy()
+    mixed[:, :, h] = src["block0/attn/attn_heads"][:, :, h]
+    _, run2 = np_forward(p, x, {"block0/attn/attn_heads": (np.ones((1, H, 1)), mixed)})
+    w = np.zeros((1, H, 1))
+    w[0, 1] = 1.0
+    logits, _ = np_forward(p, x, {"block1/attn/attn_heads":
+                                  (w, run2["block1/attn/attn_heads"])})
+    np.testing.assert_allclose(r.effect[0, h], np_metric(logits, clean, alt, "loss", 3) - base,
+                               atol=1e-5)
+  assert np.abs(r.effect).max() > 1e-3
+  with pytest.raises(ValueError, match="receivers:"):
+    path_patching(fm, params, clean, corrupt, [(0, 1)])
 
 
 PLANTED = {(0, 0): {0}, (0, 1): {0, 1}, (1, 0): set(), (1, 1): {1, 2}}

@@ -9,6 +9,7 @@ the tasks' evaluation data:
   ablation_matrices(fm, params, batches, means) zero/mean ablation deltas [NL, H, T]
   activation_patching(fm, params, clean, corrupt) patching maps [NL, H, T] / [NL, S, T]
                                                 and attribution patching beside them
+  path_patching(fm, params, clean, corrupt, receivers)  sender heads -> receivers [R, H, T]
   head_reuse(scores, top_k=...)                 important-head sets, IoU / overlap
   neuron_specialization(collect_activations())  specialized FFN neurons, IoU per layer
   routing_analysis(stats, T)                    usage, entropy, load, task clusters
@@ -32,6 +33,7 @@ from modular.analysis.competence import Competence, gate
 from modular.analysis.groups import GroupTest, declared_groups, permutation_test
 from modular.analysis.noise import noise_floor
 from modular.analysis.patching import PatchingResult, activation_patching
+from modular.analysis.path_patching import PathPatchingResult, path_patching
 from modular.analysis.head_importance import (HeadImportance, gradient_head_importance,
                                               per_example_gate_grads)
 from modular.analysis.head_reuse import HeadReuse, head_reuse, important_heads
@@ -45,7 +47,8 @@ from modular.analysis.telemetry import (conflict_over_training, conflict_summary
 
 __all__ = [
     "AblationResult", "ActivationStats", "Analysis", "Competence", "GroupTest",
-    "HeadImportance", "HeadReuse", "PatchingResult", "activation_patching",
+    "HeadImportance", "HeadReuse", "PatchingResult", "PathPatchingResult",
+    "activation_patching", "path_patching",
     "declared_groups", "gate", "noise_floor",
     "permutation_test",
     "NeuronSpecialization", "RoutingSummary", "ablation_matrices", "analyze_model",

@@ -28,7 +28,8 @@ does) in one jit-compiled call per batch; only the patched layer's weights are
 batched, so the layers below it run once for all its components. Attribution
 patching is one forward and one backward pass: per-example patch weights w = 0 at
 every component, and dM/dw = (a_source - a_target) . dM/da, the first-order estimate
-of every patch at once; ``agreement`` compares it with the exact effects.
+of every patch at once; ``agreement`` compares it with the exact effects. Path
+patching (sender heads through receiver heads) is ``path_patching.py``.
 
 References:
   Meng et al. 2022, "Locating and Editing Factual Associations in GPT" (causal
