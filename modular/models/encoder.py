@@ -13,8 +13,8 @@ by a LayerNorm; attention is bidirectional with biases on q/k/v/o and an additiv
 padding mask from ``ctx.token_mask`` [B, L] (a padded key gets the dtype's minimum
 added to its logit, as in ``transformers``). Head gates, mean ablation and the capture
 switch work as in the decoder (``attention.gate_heads``), and so do the patching sites
-(``resid_pre``, ``attn/out``, ``ffn/out``, ``attn/attn_heads``: ``Context.tap``). The ``ffn``, ``adapter_*``
-and ``head`` slots are filled from the config by name, as in the decoder; with the
+(``resid_pre``, ``attn/out``, ``ffn/out``, ``attn/attn_heads``: ``Context.tap``). The
+``ffn``, ``adapter_*`` and ``head`` slots are filled from the config by name, as in the decoder; with the
 per-task classification head (``heads.py``) the model returns class logits [B, C].
 
 Parameter paths mirror the decoder's (``embed``, ``pos_embed``,

@@ -9,8 +9,9 @@ id also travels as a side input to every slot. Each block is
 and the output head maps LN(x) to logits. Patching sites (``Context.tap``): each
 block's input ``block{i}/resid_pre`` [B, L, d], its attention and FFN outputs
 ``block{i}/attn/out`` and ``block{i}/ffn/out`` [B, L, d] (before dropout), and the
-per-head outputs ``block{i}/attn/attn_heads`` [B, L, H, dh] (``attention.py``). ``block``, ``ffn``, ``adapter_attn``,
-``adapter_ffn`` and ``head`` are chosen by name in the config (``slots.py``).
+per-head outputs ``block{i}/attn/attn_heads`` [B, L, H, dh] (``attention.py``).
+``block``, ``ffn``, ``adapter_attn``, ``adapter_ffn`` and ``head`` are chosen by name
+in the config (``slots.py``).
 
 Why decoder-only: every built-in task is a sequence-to-sequence map over one
 vocabulary, so one next-token objective covers them all, per-task heads remain an
