@@ -2,7 +2,7 @@
 
   modular-train --config configs/quickstart.py --workdir runs/quickstart \
       [--config.train.steps=500 ...] [--distributed]
-  modular-analyze --workdir runs/quickstart [--out runs/quickstart/report]
+  modular-analyze --workdir runs/quickstart [--out runs/quickstart/report] [--patching [PAIRS]]
   modular-sweep --experiment experiments/mixture_ablation.py --workdir runs/sweep \
       [--engine ray [--address HOST:PORT] ...]
   modular-merge --runs runs/copy runs/reverse --method ties --options k=0.2 [--out DIR]
@@ -101,6 +101,9 @@ def analyze_main(argv: list[str] | None = None) -> None:
                  help="declared task groups, e.g. 'copy,reverse;assoc_recall,induction' "
                       "(default the run's analysis.groups or the built-in families)")
   p.add_argument("--no-control", action="store_true", help="skip the step-0 control")
+  p.add_argument("--patching", type=int, nargs="?", const=32, default=0, metavar="PAIRS",
+                 help="add the head patching map: PAIRS clean/corrupted pairs per task "
+                      "(default 32)")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   if args.top_k is not None and args.top_k < 1:
     _fail(f"--top-k: {args.top_k} must be >= 1")
@@ -108,12 +111,18 @@ def analyze_main(argv: list[str] | None = None) -> None:
     _fail(f"--threshold: {args.threshold} must be a share of the largest score in (0, 1]")
   if args.num_examples < 1:
     _fail(f"--num-examples: {args.num_examples} must be >= 1")
+  if args.patching < 0:
+    _fail(f"--patching: {args.patching} pairs per task must be >= 1")
   groups = None
   if args.groups:
     groups = {f"group{i}": [t.strip() for t in g.split(",") if t.strip()]
               for i, g in enumerate(args.groups.split(";")) if g.strip()}
   kw = dict(step=args.step, top_k=args.top_k, threshold=args.threshold, max_eval_batches=1,
             eval_batch_size=args.num_examples, control=not args.no_control, groups=groups)
+  if args.patching:
+    if len(args.workdir) > 1:
+      _fail("--patching: one --workdir at a time (not with a seed report)")
+    kw["patching"] = args.patching
   from modular.analysis import report, seed_report
   from modular.train import checkpoint as ckpt_lib
   try:

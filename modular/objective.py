@@ -64,7 +64,8 @@ class FunctionalModel:
   def apply(self, params: Params, batch: dict, *, rng: jax.Array | None = None,
             deterministic: bool = True, capture: bool = False,
             head_gates: jax.Array | None = None,
-            head_means: jax.Array | None = None) -> tuple[jax.Array, Context]:
+            head_means: jax.Array | None = None,
+            patches: dict | None = None) -> tuple[jax.Array, Context]:
     """Runs the model on a batch.
 
     Args:
@@ -75,6 +76,8 @@ class FunctionalModel:
       capture: record intermediates into ``ctx.intermediates``.
       head_gates: [NL, H] or [B, NL, H] head gates (default all ones).
       head_means: [NL, H, dh] mean-ablation values for gated-off heads.
+      patches: {site name: (weight, source)} writes into the forward pass
+        (``Context.patches``; activation patching), None: none.
 
     Returns:
       (logits [B, L, V], ctx) with ctx.losses / ctx.stats / ctx.intermediates filled.
@@ -83,7 +86,7 @@ class FunctionalModel:
     ctx = Context(task_id=batch["task_id"], num_tasks=self.num_tasks,
                   deterministic=deterministic, rng=rng, capture=capture,
                   head_gates=head_gates, head_means=head_means,
-                  token_mask=token_mask(batch))
+                  token_mask=token_mask(batch), patches=patches)
     extra = {"token_type": batch["token_type"]} if "token_type" in batch else {}
     return model(batch["inputs"], ctx, **extra), ctx
 

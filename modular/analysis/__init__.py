@@ -7,6 +7,9 @@ the tasks' evaluation data:
   analyze_model(fm, params, eval_data)          everything below, one Analysis
   gradient_head_importance(fm, params, batches) E_x |dL(x)/dxi| per task [T, NL, H]
   ablation_matrices(fm, params, batches, means) zero/mean ablation deltas [NL, H, T]
+  activation_patching(fm, params, clean, corrupt) patching maps [NL, H, T] / [NL, S, T]
+                                                and attribution patching beside them
+  path_patching(fm, params, clean, corrupt, receivers)  sender heads -> receivers [R, H, T]
   head_reuse(scores, top_k=...)                 important-head sets, IoU / overlap
   neuron_specialization(collect_activations())  specialized FFN neurons, IoU per layer
   routing_analysis(stats, T)                    usage, entropy, load, task clusters
@@ -29,6 +32,8 @@ from modular.analysis.batches import prepare_batches, synthetic_batches
 from modular.analysis.competence import Competence, gate
 from modular.analysis.groups import GroupTest, declared_groups, permutation_test
 from modular.analysis.noise import noise_floor
+from modular.analysis.patching import PatchingResult, activation_patching
+from modular.analysis.path_patching import PathPatchingResult, path_patching
 from modular.analysis.head_importance import (HeadImportance, gradient_head_importance,
                                               per_example_gate_grads)
 from modular.analysis.head_reuse import HeadReuse, head_reuse, important_heads
@@ -42,7 +47,9 @@ from modular.analysis.telemetry import (conflict_over_training, conflict_summary
 
 __all__ = [
     "AblationResult", "ActivationStats", "Analysis", "Competence", "GroupTest",
-    "HeadImportance", "HeadReuse", "declared_groups", "gate", "noise_floor",
+    "HeadImportance", "HeadReuse", "PatchingResult", "PathPatchingResult",
+    "activation_patching", "path_patching",
+    "declared_groups", "gate", "noise_floor",
     "permutation_test",
     "NeuronSpecialization", "RoutingSummary", "ablation_matrices", "analyze_model",
     "collect_activations", "conflict_over_training", "conflict_summary",

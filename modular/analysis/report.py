@@ -12,6 +12,9 @@ and gradient cosines logged during training. It writes into ``out_dir``:
                    routing entropy and gradient cosines over training
   index.html       a page that shows them all
 
+With ``patching`` (``modular-analyze --patching``) the report also has the head
+patching map of the run's own tasks and its sentence (``patching_report.py``).
+
 A run without a checkpoint still gets its telemetry figures.
 
 References:
@@ -33,6 +36,7 @@ import numpy as np
 from modular.analysis import plots
 from modular.analysis import telemetry as telemetry_lib
 from modular.analysis import groups as groups_lib
+from modular.analysis import patching_report
 from modular.analysis import summary as summary_lib
 from modular.analysis import views as views_lib
 from modular.analysis.ablation import MODES as ABLATION_MODES
@@ -265,6 +269,7 @@ class RunAnalysis:
     records: telemetry records.
     groups: {group: tasks} declared (None: the built-in families).
     step: the analyzed checkpoint's step.
+    patching: (``PatchingResult``, pairs per task) of head patching, or None.
   """
 
   workdir: str
@@ -273,6 +278,7 @@ class RunAnalysis:
   records: list[dict]
   groups: dict | None = None
   step: int | None = None
+  patching: tuple | None = None
 
 
 def group_results(a: Analysis, records: list[dict] | None = None,
@@ -301,7 +307,8 @@ def group_results(a: Analysis, records: list[dict] | None = None,
 
 def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
                    title: str = "modular analysis", control: Analysis | None = None,
-                   groups: dict | None = None, step: int | None = None) -> str:
+                   groups: dict | None = None, step: int | None = None,
+                   patching: tuple | None = None) -> str:
   """Writes the figures, metrics.json and index.html of an in-memory analysis.
 
   Args:
@@ -312,6 +319,8 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
     control: the same analysis of the untrained (step-0) model.
     groups: {group name: tasks} declared (default the built-in families).
     step: the checkpoint step analyzed (stated at the top of the summary).
+    patching: (``patching.PatchingResult``, pairs per task) of head patching: its map
+      and sentence join the report.
 
   Returns:
     The report folder.
@@ -327,6 +336,12 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
     tfigs, tmetrics = _telemetry_figures(records, a.task_names, out_dir, a.routing)
     figs += tfigs
     metrics.update(tmetrics)
+  if patching is not None:
+    pfigs, line = patching_report.write_patching(patching[0], a.task_names, patching[1],
+                                                 out_dir)
+    figs += pfigs
+    lines = lines + [line]
+    metrics["patching"] = to_jsonable(patching[0])
   metrics["summary"] = lines
   metrics["step"] = step
   metrics["groups"] = to_jsonable({"labels": labels, "views": results})
@@ -352,7 +367,8 @@ def write_analysis(a: Analysis, out_dir: str, records: list[dict] | None = None,
 
 def analyze_run(workdir: str, step: int | None = None, *, control: bool = True,
                 max_eval_batches: int | None = 1, eval_batch_size: int = 64,
-                batch_size: int = 64, groups: dict | None = None, **kw) -> RunAnalysis | None:
+                batch_size: int = 64, groups: dict | None = None, patching: int = 0,
+                **kw) -> RunAnalysis | None:
   """Analyzes a run folder's checkpoint and, when kept, its step-0 control.
 
   Args:
@@ -365,6 +381,7 @@ def analyze_run(workdir: str, step: int | None = None, *, control: bool = True,
     batch_size: examples per analysis batch.
     groups: declared groups (default ``analysis.groups`` of the run's config, else
       the built-in families).
+    patching: pairs per task of head patching (0: none).
     **kw: ``analyze_model`` options (top_k, threshold, neuron_k, margin, ...).
 
   Returns:
@@ -395,14 +412,20 @@ def analyze_run(workdir: str, step: int | None = None, *, control: bool = True,
     modes = tuple(opts.get("modes", ABLATION_MODES))
     c = analyze_model(fm0, params0, eval_batches, names,
                       **{**opts, "modes": ("mean",) if "mean" in modes else modes})
-  return RunAnalysis(workdir, a, c, records, groups, step)
+  patched = None
+  if patching:
+    out = patching_report.run_patching(cfg, fm, params, examples_per_task=patching,
+                                       batch_size=batch_size)
+    patched = None if out is None else (out[0], patching)
+  return RunAnalysis(workdir, a, c, records, groups, step, patched)
 
 
 def write_report(workdir: str, out_dir: str | None = None, *, step: int | None = None,
                  max_eval_batches: int | None = 1, eval_batch_size: int = 64,
                  batch_size: int = 64, top_k: int | None = None,
                  threshold: float | None = None, neuron_k: float = 0.9,
-                 control: bool = True, groups: dict | None = None, **kw) -> str:
+                 control: bool = True, groups: dict | None = None, patching: int = 0,
+                 **kw) -> str:
   """Writes the analysis report of a run folder.
 
   The evaluation data are the first ``max_eval_batches`` batches of
@@ -424,6 +447,7 @@ def write_report(workdir: str, out_dir: str | None = None, *, step: int | None =
     control: analyze the step-0 control too.
     groups: declared task groups (default the run's ``analysis.groups`` or the
       built-in families).
+    patching: pairs per task of head patching (0: no patching view).
     **kw: further ``analyze_model`` options (margin, relative_floor).
 
   Returns:
@@ -435,7 +459,8 @@ def write_report(workdir: str, out_dir: str | None = None, *, step: int | None =
   title = f"modular analysis: {os.path.basename(os.path.abspath(workdir))}"
   run = analyze_run(workdir, step, control=control, max_eval_batches=max_eval_batches,
                     eval_batch_size=eval_batch_size, batch_size=batch_size, groups=groups,
-                    top_k=top_k, threshold=threshold, neuron_k=neuron_k, **kw)
+                    top_k=top_k, threshold=threshold, neuron_k=neuron_k,
+                    patching=patching, **kw)
   if run is None:  # telemetry only
     from modular import data as data_lib  # pylint: disable=g-import-not-at-top
     from modular.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
@@ -447,7 +472,7 @@ def write_report(workdir: str, out_dir: str | None = None, *, step: int | None =
     _index(out_dir, title, figs, {"note": "No checkpoint: training telemetry only."})
     return out_dir
   write_analysis(run.analysis, out_dir, run.records, f"{title} (step {run.step})",
-                 run.control, run.groups, run.step)
+                 run.control, run.groups, run.step, run.patching)
   run.analysis.timings["total"] = time.perf_counter() - t0
   with open(os.path.join(out_dir, "timings.json"), "w") as f:
     json.dump(run.analysis.timings, f, indent=2)

@@ -3,7 +3,8 @@
 Every head's output o_h [B, L, dh] is multiplied by a gate xi_h (1 by default) before
 the output projection, so head importance (Michel et al. 2019) is dL/dxi_h and
 ablation is xi_h = 0 (or a mean replacement). With capture on, the per-head
-outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded. Without gates
+outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded; the per-head
+outputs are also a patching site (``Context.tap``, ``attn_heads``). Without gates
 and capture (training) attention is ``jax.nn.dot_product_attention``, which never
 materializes the weights where the backend has a fused kernel (``attend``).
 
@@ -71,7 +72,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: Context, *, causal: bo
   attention, cuDNN's on GPU where it applies). With either, the exact path: explicit
   probabilities [B, H, L, L] (recorded as ``attn_probs``), then the gates
   (``gate_heads``) and the recorded ``attn_heads``. Both paths compute
-  softmax(q k^T / sqrt(dh) + mask) v.
+  softmax(q k^T / sqrt(dh) + mask) v; a patch written for ``attn_heads``
+  (``ctx.patches``) replaces the heads' outputs on either path.
 
   Args:
     q, k, v: queries, keys and values [B, L, H, dh].
@@ -81,7 +83,8 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: Context, *, causal: bo
   """
   if ctx.head_gates is None and not ctx.capture:
     mask = None if key_mask is None else key_mask[:, None, None, :]  # [B, 1, 1, L]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    heads = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+    return ctx.intervene("attn_heads", heads)
   seq = q.shape[1]
   logits = jnp.einsum("bqhk,bshk->bhqs", q, k) * q.shape[-1] ** -0.5  # [B, H, L, L]
   if causal:
@@ -93,8 +96,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, ctx: Context, *, causal: bo
   probs = precision.softmax(logits, axis=-1)  # float32 softmax, in the compute dtype
   heads = gate_heads(jnp.einsum("bhqs,bshk->bqhk", probs, v), ctx)  # [B, L, H, dh]
   ctx.capture_activation("attn_probs", probs)
-  ctx.capture_activation("attn_heads", heads)
-  return heads
+  return ctx.tap("attn_heads", heads)
 
 
 def gate_heads(heads: jax.Array, ctx: Context) -> jax.Array:

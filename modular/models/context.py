@@ -7,6 +7,13 @@ captured intermediates (penzai's side-input pattern). The loop never knows which
 module it runs: it only reads ``ctx.losses`` (summed into the objective) and
 ``ctx.stats`` (logged).
 
+The same context carries an intervention (write) hook for causal analysis:
+``ctx.patches`` maps a site name (``block0/attn/attn_heads``, ``block1/resid_pre``,
+``block0/ffn/out``, ...) to ``(weight, source)``, and ``ctx.tap(name, value)`` returns
+``(1 - weight) * value + weight * source`` there (activation patching at weight 1,
+its gradient at weight 0 is attribution patching). Off by default (None): ``tap``
+then only captures, and the traced computation is the same as without the hook.
+
 Shapes: B batch, L sequence, H heads, NL layers, T tasks.
 """
 
@@ -41,6 +48,9 @@ class Context:
     losses: name -> scalar auxiliary loss, already weighted; summed by the loop.
     stats: name -> array of routing/telemetry statistics for logging.
     intermediates: name -> captured activation (only when ``capture``).
+    patches: site name -> (weight, source): the value written at that site is
+      ``(1 - weight) * value + weight * source``; weight broadcasts against the
+      value ([S, H, 1] or [B, S, H, 1] for heads [B, S, H, dh]). None: no writes.
   """
 
   task_id: jax.Array
@@ -56,6 +66,7 @@ class Context:
   losses: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
   stats: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
   intermediates: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
+  patches: dict[str, tuple[jax.Array, jax.Array]] | None = None
 
   def at(self, *, layer: int | None = None, position: str | None = None) -> "Context":
     """A view of this context at another layer/slot, sharing the collectors."""
@@ -94,6 +105,27 @@ class Context:
     """Stores an intermediate when capturing is switched on."""
     if self.capture:
       self.intermediates[self.prefix + name] = value
+
+  def intervene(self, name: str, value: jax.Array) -> jax.Array:
+    """The value at site ``prefix + name`` after the patch written for it (if any).
+
+    ``(1 - w) * value + w * source``: exactly ``value`` at w = 0 and exactly
+    ``source`` at w = 1, and linear in w, so d/dw at 0 is (source - value) . d/dvalue.
+    """
+    if not self.patches:
+      return value
+    patch = self.patches.get(self.prefix + name)
+    if patch is None:
+      return value
+    weight, source = patch
+    weight = jnp.asarray(weight).astype(value.dtype)
+    return (1.0 - weight) * value + weight * source.astype(value.dtype)
+
+  def tap(self, name: str, value: jax.Array) -> jax.Array:
+    """A site of the forward pass: applies its patch, then captures what flows on."""
+    value = self.intervene(name, value)
+    self.capture_activation(name, value)
+    return value
 
   def gate_for_layer(self, layer: int) -> jax.Array | None:
     """Head gates of one layer: [H] or [B, H], or None."""

@@ -12,8 +12,9 @@ initialization). The embeddings are word + absolute position + token type, follo
 by a LayerNorm; attention is bidirectional with biases on q/k/v/o and an additive
 padding mask from ``ctx.token_mask`` [B, L] (a padded key gets the dtype's minimum
 added to its logit, as in ``transformers``). Head gates, mean ablation and the capture
-switch work as in the decoder (``attention.gate_heads``). The ``ffn``, ``adapter_*``
-and ``head`` slots are filled from the config by name, as in the decoder; with the
+switch work as in the decoder (``attention.gate_heads``), and so do the patching sites
+(``resid_pre``, ``attn/out``, ``ffn/out``, ``attn/attn_heads``: ``Context.tap``). The
+``ffn``, ``adapter_*`` and ``head`` slots are filled from the config by name, as in the decoder; with the
 per-task classification head (``heads.py``) the model returns class logits [B, C].
 
 Parameter paths mirror the decoder's (``embed``, ``pos_embed``,
@@ -104,10 +105,11 @@ class EncoderBlock(nnx.Module):
     return dropout(x, self.dropout, ctx, name)
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d]
-    a = self._drop(self.attn(x, ctx.at(position="attn")), ctx, "drop_attn")
+    actx, fctx = ctx.at(position="attn"), ctx.at(position="ffn")
+    a = self._drop(actx.tap("out", self.attn(x, actx)), ctx, "drop_attn")
     a = self.adapter_attn(a, ctx.at(position="adapter_attn"))
     x = self.ln_attn(x + a)
-    f = self._drop(self.ffn(x, ctx.at(position="ffn")), ctx, "drop_ffn")
+    f = self._drop(fctx.tap("out", self.ffn(x, fctx)), ctx, "drop_ffn")
     f = self.adapter_ffn(f, ctx.at(position="adapter_ffn"))
     x = self.ln_ffn(x + f)
     ctx.capture_activation("residual", x)
@@ -165,7 +167,9 @@ class Encoder(nnx.Module):
     x = self.ln_embed(x)
     ctx.capture_activation("embeddings", x)
     for i, block in enumerate(self.blocks):
-      x = precision.residual(remat.call(block, x, ctx.at(layer=i, position=""), self.remat), x)
+      bctx = ctx.at(layer=i, position="")
+      x = precision.residual(
+          remat.call(block, bctx.tap("resid_pre", x), bctx, self.remat), x)
     ctx.capture_activation("final", x)
     return x
 

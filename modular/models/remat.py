@@ -15,7 +15,8 @@ policy names which intermediates may still be saved:
 Blocks write auxiliary losses, statistics and captures into the ``Context``
 collectors; inside ``jax.checkpoint`` they write into fresh collectors that the
 checkpointed function returns, and ``call`` merges them into the caller's. With
-``ctx.capture`` (analysis) blocks run without a checkpoint: the exact path is kept.
+``ctx.capture`` or ``ctx.patches`` (analysis) blocks run without a checkpoint: the
+exact path is kept.
 
 References:
   Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost".
@@ -61,7 +62,7 @@ def call(block: nnx.Module, x: jax.Array, ctx: Context, remat: str, **kwargs) ->
   Returns:
     The block's output [B, L, d]; its losses and statistics are in ``ctx``.
   """
-  if remat == "none" or ctx.capture:
+  if remat == "none" or ctx.capture or ctx.patches:
     return block(x, ctx, **kwargs)
   graphdef, state = nnx.split(block)
 

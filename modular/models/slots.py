@@ -111,7 +111,8 @@ class DenseFFN(nnx.Module):
   """The default FFN: act(x W_in + b) W_out + b.
 
   Captures its hidden activations [B, L, d_ff] as ``ffn_act`` when the context
-  captures (neuron specialization reads them).
+  captures (neuron specialization reads them); they are also a patching site
+  (``Context.tap``: one component per neuron).
   """
 
   def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
@@ -122,8 +123,7 @@ class DenseFFN(nnx.Module):
     self.b_out = param(rngs, (args.d_model,), ("embed",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
-    h = self.act(x @ self.w_in[...] + self.b_in[...])  # [B, L, d_ff]
-    ctx.capture_activation("ffn_act", h)
+    h = ctx.tap("ffn_act", self.act(x @ self.w_in[...] + self.b_in[...]))  # [B, L, d_ff]
     return h @ self.w_out[...] + self.b_out[...]
 
 

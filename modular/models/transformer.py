@@ -6,8 +6,12 @@ id also travels as a side input to every slot. Each block is
   x = adapter_attn(x + attn(LN(x)))
   x = adapter_ffn(x + ffn(LN(x)))
 
-and the output head maps LN(x) to logits. ``block``, ``ffn``, ``adapter_attn``,
-``adapter_ffn`` and ``head`` are chosen by name in the config (``slots.py``).
+and the output head maps LN(x) to logits. Patching sites (``Context.tap``): each
+block's input ``block{i}/resid_pre`` [B, L, d], its attention and FFN outputs
+``block{i}/attn/out`` and ``block{i}/ffn/out`` [B, L, d] (before dropout), and the
+per-head outputs ``block{i}/attn/attn_heads`` [B, L, H, dh] (``attention.py``).
+``block``, ``ffn``, ``adapter_attn``, ``adapter_ffn`` and ``head`` are chosen by name
+in the config (``slots.py``).
 
 Why decoder-only: every built-in task is a sequence-to-sequence map over one
 vocabulary, so one next-token objective covers them all, per-task heads remain an
@@ -77,9 +81,10 @@ class StandardBlock(nnx.Module):
     return dropout(x, self.dropout, ctx, name)
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d]
-    x = x + self._drop(self.attn(self.ln_attn(x), ctx.at(position="attn")), ctx, "drop_attn")
+    actx, fctx = ctx.at(position="attn"), ctx.at(position="ffn")
+    x = x + self._drop(actx.tap("out", self.attn(self.ln_attn(x), actx)), ctx, "drop_attn")
     x = self.adapter_attn(x, ctx.at(position="adapter_attn"))
-    x = x + self._drop(self.ffn(self.ln_ffn(x), ctx.at(position="ffn")), ctx, "drop_ffn")
+    x = x + self._drop(fctx.tap("out", self.ffn(self.ln_ffn(x), fctx)), ctx, "drop_ffn")
     x = self.adapter_ffn(x, ctx.at(position="adapter_ffn"))
     ctx.capture_activation("residual", x)
     return x
@@ -139,7 +144,9 @@ class Transformer(nnx.Module):
     seq = tokens.shape[1]
     x = self.embed[...][tokens] + self.pos_embed[...][:seq]  # [B, L, d]
     for i, block in enumerate(self.blocks):
-      x = precision.residual(remat.call(block, x, ctx.at(layer=i, position=""), self.remat), x)
+      bctx = ctx.at(layer=i, position="")
+      x = precision.residual(
+          remat.call(block, bctx.tap("resid_pre", x), bctx, self.remat), x)
     x = self.ln_final(x)
     ctx.capture_activation("final", x)
     return self.head(x, ctx.at(layer=-1, position="head"))
