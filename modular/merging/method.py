@@ -15,6 +15,13 @@ Random methods (DARE) take an explicit keep mask per leaf, or a PRNG key from wh
 ``merge`` derives one key per leaf (``jax.random.fold_in`` with the leaf's index in path
 order), so a merge is reproducible from its seed.
 
+Methods that need data do not see the model: they name the statistics they consume
+(``statistics = "fisher"`` or ``"gram"``), which ``statistics.py`` computes from a run's
+model and data, and ``combine`` gets this leaf's ``[T, ...]`` slice (``stats=``). Methods
+with one update per task (``per_task_output``: TALL masks, EMR-merging) return
+``[T, *shape]`` and are merged with ``driver.merge_tasks``. ``combine`` also gets the
+leaf's ``path`` (LiNeS reads the layer depth from it).
+
 Errors are one line naming the option: ``merging.options.k: must be in [0, 1], got 1.5``.
 
 References:
