@@ -194,10 +194,11 @@ def merge_main(argv: list[str] | None = None) -> None:
   p.add_argument("--method", default="task_arithmetic",
                  help="merging method (task_arithmetic, average, ties, dare, dare_ties, "
                       "breadcrumbs, magnitude_prune, lines, tall_masks, emr_merging, fisher, "
-                      "regmean)")
+                      "regmean, adamerging)")
   p.add_argument("--statistics", nargs="*", default=None,
-                 help="one .npz of statistics per run (fisher, regmean; default: computed "
-                      "from each run's training data, saved under --out)")
+                 help="one .npz of statistics per run (fisher, regmean: default computed "
+                      "from each run's training data, saved under --out; adamerging: "
+                      "its learned coefficients)")
   p.add_argument("--options", nargs="*", default=[], help="method options, e.g. k=0.2 scaling=1")
   p.add_argument("--weights", nargs="*", type=float, default=None, help="one weight per run")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")

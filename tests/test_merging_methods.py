@@ -193,6 +193,8 @@ def _statistics(method, taus, rng):
       a = rng.normal(size=(6, 6))
       out.append({"blocks/0/w": (a @ a.T / 6 + np.eye(6)).astype(np.float32)})
     return out
+  if method.statistics == "coefficients":  # AdaMerging's learned lambda_t, here 1
+    return [jax.tree.map(lambda x: np.float32(1.0), t) for t in taus]
   return None
 
 
@@ -206,7 +208,7 @@ def _models(base, taus, method, **kw):
 def test_every_method_is_registered_and_builds():
   assert {"task_arithmetic", "ties", "dare", "dare_ties", "breadcrumbs",
           "magnitude_prune", "average", "lines", "tall_masks", "emr_merging", "fisher",
-          "regmean"} <= set(ALL)
+          "regmean", "adamerging"} <= set(ALL)
   for name in ALL:
     assert merging.build(name).name == name
 

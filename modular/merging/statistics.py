@@ -209,6 +209,10 @@ def for_run(kind: str, cfg, fm, params: PyTree, *, num_examples: int = 256,
     ``{path: array}`` (``fisher_diagonal`` or ``gram_matrices``).
   """
   from modular import data as data_lib
+  if kind == "coefficients":
+    raise ValueError("merging.statistics: adamerging's coefficients are learned over all "
+                     "runs together (methods.adamerging.learn_coefficients); pass them "
+                     "with --statistics")
   if kind not in KINDS:
     raise ValueError(f"merging.statistics: unknown kind {kind!r}; known: {', '.join(KINDS)}")
   it = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size)
