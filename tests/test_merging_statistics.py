@@ -201,6 +201,10 @@ def test_bad_statistics_are_one_line():
        "merging.statistics: the tasks' statistics of 'w' have shapes"),
       (lambda: merging.build("regmean", {"alpha": 1.5}), "merging.options.alpha: must be in"),
       (lambda: statistics.load("/nonexistent.npz"), "merging.statistics: cannot read"),
+      (lambda: statistics.for_run("coefficients", None, None, None),
+       "merging.statistics: adamerging's coefficients are learned over all runs together"),
+      (lambda: merging.merge(base, taus, "adamerging", statistics=[{"w": np.ones(2)}] * 2),
+       "merging.statistics: the coefficients of 'w' have shape (2,), not a scalar per task"),
   ]
   del fisher
   for fn, start in cases:
