@@ -164,8 +164,9 @@ def test_lora_runs_fold_and_merge(tmp_path_factory):
 @pytest.mark.slow
 def test_statistics_and_per_task_methods_through_runs(two_runs, tmp_path):
   """Fisher, RegMean and EMR of one run alone evaluate as the run itself; two runs: the
-  computed statistics are saved and reload to the same merge; EMR gives each run its
-  own model; a wrong number of statistics files is one line and writes nothing."""
+  computed statistics are saved and reload to the same merge; AdaMerging learns its
+  coefficients on the runs' test inputs; EMR gives each run its own model; a wrong
+  number of statistics files is one line and writes nothing."""
   from modular.merging import statistics
   from modular.paths import flat_paths
   dirs = [two_runs[t][0] for t in ("copy", "reverse")]
@@ -184,6 +185,11 @@ def test_statistics_and_per_task_methods_through_runs(two_runs, tmp_path):
   for p, x in flat_paths(got["params"]).items():
     np.testing.assert_allclose(np.asarray(flat_paths(again["params"])[p]), np.asarray(x),
                                rtol=1e-6, atol=1e-7, err_msg=p)
+  ada = runs.merge_runs(dirs, "adamerging", {"steps": 3, "learning_rate": 0.05},
+                        out=str(tmp_path / "ada"))
+  lam = [statistics.load(str(tmp_path / "ada" / f"statistics_{i}.npz")) for i in (0, 1)]
+  assert all(abs(float(x) - 0.3) > 1e-3 for c in lam for x in c.values())  # learned
+  assert set(ada["eval"]) == {"copy", "reverse"}
   emr = runs.merge_runs(dirs, "emr_merging")
   a, b = (flat_paths(m) for m in emr["params_per_run"])
   assert any(not np.array_equal(np.asarray(a[p]), np.asarray(b[p])) for p in a)

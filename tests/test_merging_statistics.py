@@ -202,7 +202,8 @@ def test_bad_statistics_are_one_line():
       (lambda: merging.build("regmean", {"alpha": 1.5}), "merging.options.alpha: must be in"),
       (lambda: statistics.load("/nonexistent.npz"), "merging.statistics: cannot read"),
       (lambda: statistics.for_run("coefficients", None, None, None),
-       "merging.statistics: adamerging's coefficients are learned over all runs together"),
+       "merging.statistics: adamerging's coefficients are learned over all runs together "
+       "(merge_runs"),
       (lambda: merging.merge(base, taus, "adamerging", statistics=[{"w": np.ones(2)}] * 2),
        "merging.statistics: the coefficients of 'w' have shape (2,), not a scalar per task"),
   ]

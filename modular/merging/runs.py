@@ -171,6 +171,34 @@ class _View:
     return lora_lib.fill(self.template, flat, f"the merged model of run {self.workdir}")
 
 
+def _learn_coefficients(views: Sequence[_View], base: dict[str, Any], taus: list[dict],
+                        exclude: Sequence[str], merger) -> list[dict[str, Any]]:
+  """AdaMerging's coefficients on the first test batches of every run, inputs only."""
+  from modular import data as data_lib
+  from modular import objective
+  from modular.merging.methods import adamerging
+  batches = []
+  for v in views:
+    evals = data_lib.make_eval_batches(v.cfg.data, v.cfg.train.batch_size)
+    batches.append([{k: jnp.asarray(x) for k, x in b.items()}
+                    for bs in evals.values() for b in bs][:merger.num_batches])
+  steps = [tuple(b[i % len(b)] for b in batches) for i in range(merger.num_batches)]
+
+  def logits_fn(flat, per_view):  # every run's model with its own heads on its own inputs
+    rows, valid = [], []
+    for v, batch in zip(views, per_view):
+      logits, _ = v.eval_fm.apply(v.params_of(flat, exclude), batch)
+      if objective.is_classification(batch):
+        keep = batch["label"] >= 0  # padding rows only; the labels are never read
+      else:
+        keep = batch["mask"] > 0  # the answer positions, not the answers
+      rows.append(logits.reshape(-1, logits.shape[-1]))
+      valid.append(keep.reshape(-1).astype(jnp.float32))
+    return jnp.concatenate(rows), jnp.concatenate(valid)
+
+  return adamerging.learn_coefficients(logits_fn, base, taus, steps, **merger.learn_options())
+
+
 def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
                options: Mapping[str, Any] | None = None, *, step: int | None = None,
                exclude: Sequence[str] = DEFAULT_EXCLUDE, weights: Sequence[float] | None = None,
@@ -214,7 +242,9 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
   base = views[0].base
   taus = [{p: jnp.asarray(v.flat[p]) - jnp.asarray(base[p]) for p in paths} for v in views]
   computed = statistics is None and merger.statistics is not None
-  if computed:
+  if computed and merger.statistics == "coefficients":
+    statistics = _learn_coefficients(views, base, taus, exclude, merger)
+  elif computed:
     statistics = [statistics_lib.for_run(merger.statistics, v.cfg, v.eval_fm, v.own_params(),
                                          seed=seed, **merger.statistics_options())
                   for v in views]

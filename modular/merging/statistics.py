@@ -211,8 +211,7 @@ def for_run(kind: str, cfg, fm, params: PyTree, *, num_examples: int = 256,
   from modular import data as data_lib
   if kind == "coefficients":
     raise ValueError("merging.statistics: adamerging's coefficients are learned over all "
-                     "runs together (methods.adamerging.learn_coefficients); pass them "
-                     "with --statistics")
+                     "runs together (merge_runs, methods.adamerging.learn_coefficients)")
   if kind not in KINDS:
     raise ValueError(f"merging.statistics: unknown kind {kind!r}; known: {', '.join(KINDS)}")
   it = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size)

@@ -9,8 +9,10 @@ coefficients initialized at 0.3, the paper's settings; ``steps`` 500 in the pape
 Two parts, the same split as Fisher merging's: ``learn_coefficients`` runs the jitted
 optax loop on a model function and returns, per task, ``{path: lam_t(path)}``; the method
 consumes them as statistics (``statistics = "coefficients"``, one ``{path: scalar}`` per
-task, e.g. ``--statistics`` files written with ``statistics.save``) and merges each leaf
-as ``sum_t lam_t tau_t``; a leaf without coefficients gets ``init``.
+task) and merges each leaf as ``sum_t lam_t tau_t``; a leaf without coefficients gets
+``init``. ``merge_runs`` learns them on the first ``num_batches`` test batches of every
+run (inputs only: each run's model with its own heads, the entropy over its answer
+tokens or examples), or takes them as ``--statistics`` files (``statistics.save``).
 
 References:
   Yang et al. 2024, "AdaMerging: Adaptive Model Merging for Multi-Task Learning", ICLR,
@@ -99,13 +101,26 @@ class AdaMerging(MergeMethod):
   """Task arithmetic with learned coefficients (``learn_coefficients``).
 
   Attributes:
-    init: the coefficient of a leaf without a learned one.
+    init: the coefficients' start (and a leaf's without a learned one).
+    layer_wise: one coefficient per task and layer (else per task).
+    steps: Adam steps of ``learn_coefficients`` (``merge_runs``).
+    learning_rate: Adam's learning rate.
+    num_batches: test batches of each run that ``merge_runs`` learns on (unlabeled).
     scaling: lambda on top (1: the learned coefficients as they are).
   """
 
   statistics = "coefficients"
   init: float = option(0.3, at_least(0.0))
+  layer_wise: bool = option(False)
+  steps: int = option(500, at_least(1))
+  learning_rate: float = option(1e-3, at_least(0.0))
+  num_batches: int = option(1, at_least(1))
   scaling: float = option(1.0, at_least(0.0))
+
+  def learn_options(self) -> dict:
+    """The keyword arguments of ``learn_coefficients``."""
+    return {"layer_wise": self.layer_wise, "steps": self.steps,
+            "learning_rate": self.learning_rate, "init": self.init}
 
   def combine(self, tau: jax.Array, weights: jax.Array, *, stats: jax.Array | None = None,
               path: str = "", **unused) -> jax.Array:
