@@ -23,7 +23,8 @@ FusionBench reports); with the task vectors' cosine matrix and sign conflicts pe
 Methods that consume statistics (Fisher merging, RegMean) get them from ``statistics``
 (one ``{path: array}`` per run, e.g. ``statistics.load`` of a saved ``.npz``) or, when
 None, compute them on each run's own model and training data (``statistics.for_run``
-with the method's ``num_examples``); with ``out`` they are saved as
+with the method's ``num_examples``; AdaMerging's coefficients are learned over all
+runs together on their first test batches, inputs only); with ``out`` they are saved as
 ``statistics_<i>.npz`` for the next merge. Methods with one model per task (TALL masks,
 EMR-merging) evaluate run ``r``'s tasks with run ``r``'s own model (the shared merged
 vector under ``r``'s mask and rescaler, and ``r``'s heads); ``params_per_run`` holds
