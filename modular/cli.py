@@ -201,8 +201,13 @@ def merge_main(argv: list[str] | None = None) -> None:
   p.add_argument("--runs", required=True, nargs="+",
                  help="run folders written by modular-train, all from one base")
   p.add_argument("--method", default="task_arithmetic",
-                 help="merging method (task_arithmetic, ties, dare, dare_ties, breadcrumbs, "
-                      "magnitude_prune, average)")
+                 help="merging method (task_arithmetic, average, ties, dare, dare_ties, "
+                      "breadcrumbs, magnitude_prune, lines, tall_masks, emr_merging, fisher, "
+                      "regmean, adamerging)")
+  p.add_argument("--statistics", nargs="*", default=None,
+                 help="one .npz of statistics per run (fisher, regmean: default computed "
+                      "from each run's training data, saved under --out; adamerging: "
+                      "its learned coefficients)")
   p.add_argument("--options", nargs="*", default=[], help="method options, e.g. k=0.2 scaling=1")
   p.add_argument("--weights", nargs="*", type=float, default=None, help="one weight per run")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -216,9 +221,13 @@ def merge_main(argv: list[str] | None = None) -> None:
       _fail(f"--options: {item!r} is not key=value")
     options[key] = value
   from modular.merging import runs
+  from modular.merging import statistics as statistics_lib
   try:
+    stats = (None if args.statistics is None
+             else [statistics_lib.load(f) for f in args.statistics])
     result = runs.merge_runs(args.runs, args.method, options, step=args.step,
-                             weights=args.weights, seed=args.seed, out=args.out)
+                             weights=args.weights, seed=args.seed, out=args.out,
+                             statistics=stats)
   except (ValueError, FileNotFoundError) as e:
     _fail(str(e))
   print(runs.table(result))

@@ -159,3 +159,46 @@ def test_lora_runs_fold_and_merge(tmp_path_factory):
   assert "blocks/0/ffn/w_in" in paths and not any("lora_" in p for p in paths)
   assert set(both["eval"]) == {"copy", "reverse"}
   assert set(both["sign_conflicts"]) == {"blocks/0", "blocks/1", "all"}  # only FFNs moved
+
+
+@pytest.mark.slow
+def test_statistics_and_per_task_methods_through_runs(two_runs, tmp_path):
+  """Fisher, RegMean and EMR of one run alone evaluate as the run itself; two runs: the
+  computed statistics are saved and reload to the same merge; AdaMerging learns its
+  coefficients on the runs' test inputs; EMR gives each run its own model; a wrong
+  number of statistics files is one line and writes nothing."""
+  from modular.merging import statistics
+  from modular.paths import flat_paths
+  dirs = [two_runs[t][0] for t in ("copy", "reverse")]
+  for method, opts in (("fisher", {"num_examples": 16}), ("regmean", {"num_examples": 16}),
+                       ("emr_merging", {})):
+    r = runs.merge_runs(dirs[:1], method, opts)["eval"]["copy"]
+    for metric in ("accuracy", "loss"):
+      assert r["merged"][metric] == pytest.approx(r["individual"][metric], abs=1e-4), method
+  out = tmp_path / "fisher"
+  got = runs.merge_runs(dirs, "fisher", {"num_examples": 16}, out=str(out),
+                        evaluate_tasks=False)
+  loaded = [statistics.load(str(out / f"statistics_{i}.npz")) for i in (0, 1)]
+  assert "blocks/0/ffn/w_in" in loaded[0]  # only the merged leaves' statistics are kept
+  assert sorted(loaded[0]) == sorted(k for k in flat_paths(got["params"]) if k in loaded[1])
+  again = runs.merge_runs(dirs, "fisher", statistics=loaded, evaluate_tasks=False)
+  for p, x in flat_paths(got["params"]).items():
+    np.testing.assert_allclose(np.asarray(flat_paths(again["params"])[p]), np.asarray(x),
+                               rtol=1e-6, atol=1e-7, err_msg=p)
+  ada = runs.merge_runs(dirs, "adamerging", {"steps": 3, "learning_rate": 0.05},
+                        out=str(tmp_path / "ada"))
+  lam = [statistics.load(str(tmp_path / "ada" / f"statistics_{i}.npz")) for i in (0, 1)]
+  assert all(abs(float(x) - 0.3) > 1e-3 for c in lam for x in c.values())  # learned
+  assert set(ada["eval"]) == {"copy", "reverse"}
+  emr = runs.merge_runs(dirs, "emr_merging")
+  a, b = (flat_paths(m) for m in emr["params_per_run"])
+  assert any(not np.array_equal(np.asarray(a[p]), np.asarray(b[p])) for p in a)
+  assert set(emr["eval"]) == {"copy", "reverse"}
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", "from modular.cli import merge_main; merge_main()",
+                         "--runs", *dirs, "--method", "fisher", "--out", str(tmp_path / "bad"),
+                         "--statistics", str(out / "statistics_0.npz")],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "error: merging.statistics: 1 statistics for 2 task vectors"
+  assert not os.path.exists(tmp_path / "bad")

@@ -15,6 +15,13 @@ Random methods (DARE) take an explicit keep mask per leaf, or a PRNG key from wh
 ``merge`` derives one key per leaf (``jax.random.fold_in`` with the leaf's index in path
 order), so a merge is reproducible from its seed.
 
+Methods that need data do not see the model: they name the statistics they consume
+(``statistics = "fisher"`` or ``"gram"``), which ``statistics.py`` computes from a run's
+model and data, and ``combine`` gets this leaf's ``[T, ...]`` slice (``stats=``). Methods
+with one update per task (``per_task_output``: TALL masks, EMR-merging) return
+``[T, *shape]`` and are merged with ``driver.merge_tasks``. ``combine`` also gets the
+leaf's ``path`` (LiNeS reads the layer depth from it).
+
 Errors are one line naming the option: ``merging.options.k: must be in [0, 1], got 1.5``.
 
 References:
@@ -27,7 +34,7 @@ import ast
 import dataclasses
 import os
 import pkgutil
-from typing import Any, Callable, ClassVar, Iterable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +75,12 @@ class MergeMethod:
 
   name: ClassVar[str] = "method"
   random: ClassVar[bool] = False  # needs a keep mask or a key (DARE)
+  # The per-task statistics the method consumes (``statistics.KINDS``: "fisher", "gram");
+  # None: none. ``merge`` refuses in one line when they are not given.
+  statistics: ClassVar[str | None] = None
+  # True: ``combine`` returns one update per task ``[T, *shape]`` (TALL masks, EMR):
+  # the result is one model per task (``driver.merge_tasks``), not one merged model.
+  per_task_output: ClassVar[bool] = False
   # Options under which one task vector comes back unchanged (``delta = weight * tau``);
   # the property tests build the method with them. None: no such setting.
   identity_options: ClassVar[Mapping[str, Any] | None] = {}
@@ -83,12 +96,15 @@ class MergeMethod:
       if reason:
         raise ValueError(f"{error_key(f.name)}: {reason}")
 
-  def prepare(self, leaves: Callable[[], Iterable[jax.Array]]) -> Any:
+  def prepare(self, leaves: Callable[[], Iterable[jax.Array]], *,
+              paths: Sequence[str] = (), weights: jax.Array | None = None) -> Any:
     """A pass over the whole model before merging (default: nothing).
 
     Args:
       leaves: a callable returning a fresh iterator over the ``[T, *shape]`` stacked
         task-vector leaves, in path order (one leaf in memory at a time).
+      paths: the merged leaves' paths, in the same order (LiNeS reads layer depths).
+      weights: ``[T]`` the per-task weights ``combine`` will get (EMR's rescalers).
 
     Returns:
       A context passed to every ``combine`` call (e.g. per-task thresholds ``[T]``).
@@ -97,7 +113,8 @@ class MergeMethod:
     return None
 
   def combine(self, tau: jax.Array, weights: jax.Array, *, context: Any = None,
-              mask: jax.Array | None = None, key: jax.Array | None = None) -> jax.Array:
+              mask: jax.Array | None = None, key: jax.Array | None = None,
+              path: str = "", stats: jax.Array | None = None) -> jax.Array:
     """Merges one leaf.
 
     Args:
@@ -106,9 +123,13 @@ class MergeMethod:
       context: what ``prepare`` returned.
       mask: ``[T, *shape]`` bool keep mask (random methods only; else ignored).
       key: a PRNG key for this leaf (random methods only; else ignored).
+      path: the leaf's parameter path (``"blocks/0/ffn/w_in"``).
+      stats: ``[T, ...]`` this leaf's statistics, stacked over tasks (methods with
+        ``statistics`` only: Fisher ``[T, *shape]``, Gram ``[T, n, n]``; None for a leaf
+        without them).
 
     Returns:
-      ``delta [*shape]``, before ``scaling``.
+      ``delta [*shape]`` (``[T, *shape]`` with ``per_task_output``), before ``scaling``.
     """
     raise NotImplementedError
 

@@ -20,6 +20,16 @@ The result per task: the merged model's accuracy, loss and sequence accuracy bes
 individual fine-tuned run's, and the normalized accuracy (merged / individual, as
 FusionBench reports); with the task vectors' cosine matrix and sign conflicts per layer.
 
+Methods that consume statistics (Fisher merging, RegMean) get them from ``statistics``
+(one ``{path: array}`` per run, e.g. ``statistics.load`` of a saved ``.npz``) or, when
+None, compute them on each run's own model and training data (``statistics.for_run``
+with the method's ``num_examples``; AdaMerging's coefficients are learned over all
+runs together on their first test batches, inputs only); with ``out`` they are saved as
+``statistics_<i>.npz`` for the next merge. Methods with one model per task (TALL masks,
+EMR-merging) evaluate run ``r``'s tasks with run ``r``'s own model (the shared merged
+vector under ``r``'s mask and rescaler, and ``r``'s heads); ``params_per_run`` holds
+every run's model, ``params`` the first's.
+
 References:
   Ilharco et al. 2023, "Editing Models with Task Arithmetic", ICLR; Tang et al. 2024,
   "FusionBench: A Comprehensive Benchmark of Deep Model Fusion" (normalized accuracy).
@@ -42,6 +52,7 @@ from modular.merging import diagnostics
 from modular.merging import driver as merge_lib
 from modular.merging import lora as lora_lib
 from modular.merging import method as method_lib
+from modular.merging import statistics as statistics_lib
 from modular.merging.task_vectors import check_compatible, merged_partition
 from modular.paths import flat_paths
 
@@ -148,6 +159,12 @@ class _View:
       self.flat, self.base = flat_paths(params), flat_paths(base)
       self.eval_cfg, self.eval_fm, self.template = cfg, fm, params
 
+  def own_params(self) -> PyTree:
+    """The run's own parameters in its evaluation layout (a LoRA run folded)."""
+    if not self.lora:
+      return self.params
+    return lora_lib.fill(self.template, self.flat, f"the folded model of run {self.workdir}")
+
   def params_of(self, merged: dict[str, Any], exclude: Sequence[str]) -> PyTree:
     """The merged flat parameters with this run's own per-task leaves, in its eval layout."""
     own = merged_partition((), exclude)
@@ -155,11 +172,39 @@ class _View:
     return lora_lib.fill(self.template, flat, f"the merged model of run {self.workdir}")
 
 
+def _learn_coefficients(views: Sequence[_View], base: dict[str, Any], taus: list[dict],
+                        exclude: Sequence[str], merger) -> list[dict[str, Any]]:
+  """AdaMerging's coefficients on the first test batches of every run, inputs only."""
+  from modular import data as data_lib
+  from modular import objective
+  from modular.merging.methods import adamerging
+  batches = []
+  for v in views:
+    evals = data_lib.make_eval_batches(v.cfg.data, v.cfg.train.batch_size)
+    batches.append([{k: jnp.asarray(x) for k, x in b.items()}
+                    for bs in evals.values() for b in bs][:merger.num_batches])
+  steps = [tuple(b[i % len(b)] for b in batches) for i in range(merger.num_batches)]
+
+  def logits_fn(flat, per_view):  # every run's model with its own heads on its own inputs
+    rows, valid = [], []
+    for v, batch in zip(views, per_view):
+      logits, _ = v.eval_fm.apply(v.params_of(flat, exclude), batch)
+      if objective.is_classification(batch):
+        keep = batch["label"] >= 0  # padding rows only; the labels are never read
+      else:
+        keep = batch["mask"] > 0  # the answer positions, not the answers
+      rows.append(logits.reshape(-1, logits.shape[-1]))
+      valid.append(keep.reshape(-1).astype(jnp.float32))
+    return jnp.concatenate(rows), jnp.concatenate(valid)
+
+  return adamerging.learn_coefficients(logits_fn, base, taus, steps, **merger.learn_options())
+
+
 def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
                options: Mapping[str, Any] | None = None, *, step: int | None = None,
                exclude: Sequence[str] = DEFAULT_EXCLUDE, weights: Sequence[float] | None = None,
-               seed: int = 0, out: str | None = None, evaluate_tasks: bool = True
-               ) -> dict[str, Any]:
+               seed: int = 0, out: str | None = None, evaluate_tasks: bool = True,
+               statistics: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
   """Merges the runs' task vectors into their common base and evaluates every task.
 
   Args:
@@ -173,10 +218,13 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
     out: a folder for ``merge.json`` (the options, the runs and the evaluation); None
       writes nothing.
     evaluate_tasks: evaluate the merged and the individual models.
+    statistics: ``T`` ``{path: array}`` for methods that consume statistics (default:
+      computed from each run's training data).
 
   Returns:
     ``{"method", "options", "runs", "params", "cosine", "sign_conflicts", "eval"}``:
-    ``params`` the merged parameters (the first run's per-task leaves); ``cosine`` the
+    ``params`` the merged parameters (the first run's per-task leaves; with a method
+    of one model per task also ``params_per_run``, every run's own); ``cosine`` the
     ``[T, T]`` task-vector cosines and ``sign_conflicts`` the per-layer share of
     coordinates the runs move in opposite directions (``diagnostics``); ``eval``
     ``{task: {"merged": {metric: v}, "individual": {...}, "normalized_accuracy":
@@ -194,18 +242,30 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
   paths = sorted({p for v in views for p in v.trained if not own.is_frozen(p)})
   base = views[0].base
   taus = [{p: jnp.asarray(v.flat[p]) - jnp.asarray(base[p]) for p in paths} for v in views]
-  merged = merge_lib.merge(base, taus, merger, weights=weights, key=seed)
+  computed = statistics is None and merger.statistics is not None
+  if computed and merger.statistics == "coefficients":
+    statistics = _learn_coefficients(views, base, taus, exclude, merger)
+  elif computed:
+    statistics = [statistics_lib.for_run(merger.statistics, v.cfg, v.eval_fm, v.own_params(),
+                                         seed=seed, **merger.statistics_options())
+                  for v in views]
+  if statistics is not None:  # only the merged leaves' statistics matter
+    statistics = [{p: x for p, x in flat_paths(s).items() if p in taus[0]} for s in statistics]
+  models = merge_lib.merge_tasks(base, taus, merger, weights=weights, key=seed,
+                                 statistics=statistics)
   result: dict[str, Any] = {
       "method": merger.name, "runs": [os.path.abspath(w) for w in workdirs],
       "options": {f.name: getattr(merger, f.name) for f in dataclasses.fields(merger)},
       "step": step, "lora_runs": [v.workdir for v in views if v.lora],
-      "params": views[0].params_of(merged, exclude),
+      "params": views[0].params_of(models[0], exclude),
       "cosine": diagnostics.cosine_matrix(taus).tolist(),
       "sign_conflicts": diagnostics.sign_conflicts(taus), "eval": {}}
+  if merger.per_task_output:
+    result["params_per_run"] = [v.params_of(m, exclude) for v, m in zip(views, models)]
   if evaluate_tasks:
     from modular import data as data_lib
     from modular.train.step import make_eval_step
-    for v in views:
+    for v, merged in zip(views, models):
       batches = data_lib.make_eval_batches(v.cfg.data, v.cfg.train.batch_size)
       got = evaluate(v.eval_cfg, v.eval_fm, v.params_of(merged, exclude), batches,
                      jax.jit(make_eval_step(v.eval_fm)))
@@ -218,7 +278,10 @@ def merge_runs(workdirs: Sequence[str], method: str = "task_arithmetic",
                                 "individual": i, "normalized_accuracy": norm}
   if out is not None:
     os.makedirs(out, exist_ok=True)
-    record = {k: v for k, v in result.items() if k != "params"}
+    record = {k: v for k, v in result.items() if k not in ("params", "params_per_run")}
+    if computed:
+      for i, stats in enumerate(statistics):
+        statistics_lib.save(os.path.join(out, f"statistics_{i}.npz"), stats)
     tmp = os.path.join(out, "merge.json.tmp")
     with open(tmp, "w") as f:
       json.dump(record, f, indent=2)

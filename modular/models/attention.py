@@ -2,8 +2,8 @@
 
 Every head's output o_h [B, L, dh] is multiplied by a gate xi_h (1 by default) before
 the output projection, so head importance (Michel et al. 2019) is dL/dxi_h and
-ablation is xi_h = 0 (or a mean replacement). With capture on, the per-head
-outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded; the per-head
+ablation is xi_h = 0 (or a mean replacement). With capture on, the input [B, L, d], the
+per-head outputs [B, L, H, dh] and attention weights [B, H, L, L] are recorded; the per-head
 outputs are also a patching site (``Context.tap``, ``attn_heads``). Without gates
 and capture (training) attention is ``jax.nn.dot_product_attention``, which never
 materializes the weights where the backend has a fused kernel (``attend``).
@@ -54,6 +54,7 @@ class CausalSelfAttention(nnx.Module):
       self.bo = param(rngs, (d_model,), ("embed",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
+    ctx.capture_activation("attn_in", x)  # the q/k/v projections' input (RegMean's Gram)
     q = jnp.einsum("bld,dhk->blhk", x, self.wq[...])
     k = jnp.einsum("bld,dhk->blhk", x, self.wk[...])
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...])

@@ -72,6 +72,7 @@ class BidirectionalSelfAttention(nnx.Module):
     self.bo = param(rngs, (d_model,), ("embed",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
+    ctx.capture_activation("attn_in", x)  # the q/k/v projections' input (RegMean's Gram)
     q = jnp.einsum("bld,dhk->blhk", x, self.wq[...]) + self.bq[...]
     k = jnp.einsum("bld,dhk->blhk", x, self.wk[...]) + self.bk[...]
     v = jnp.einsum("bld,dhk->blhk", x, self.wv[...]) + self.bv[...]

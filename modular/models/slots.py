@@ -110,9 +110,10 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
 class DenseFFN(nnx.Module):
   """The default FFN: act(x W_in + b) W_out + b.
 
-  Captures its hidden activations [B, L, d_ff] as ``ffn_act`` when the context
-  captures (neuron specialization reads them); they are also a patching site
-  (``Context.tap``: one component per neuron).
+  Captures its input [B, L, d] as ``ffn_in`` and its hidden activations [B, L, d_ff]
+  as ``ffn_act`` when the context captures (neuron specialization reads ``ffn_act``;
+  RegMean's Grams read both: the inputs of ``w_in`` and ``w_out``); ``ffn_act`` is also
+  a patching site (``Context.tap``: one component per neuron).
   """
 
   def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
@@ -123,6 +124,7 @@ class DenseFFN(nnx.Module):
     self.b_out = param(rngs, (args.d_model,), ("embed",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
+    ctx.capture_activation("ffn_in", x)
     h = ctx.tap("ffn_act", self.act(x @ self.w_in[...] + self.b_in[...]))  # [B, L, d_ff]
     return h @ self.w_out[...] + self.b_out[...]
 

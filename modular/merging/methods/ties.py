@@ -48,7 +48,7 @@ class TIES(MergeMethod):
   scaling: float = option(1.0, at_least(0.0))
   identity_options = {"k": 1.0, "scaling": 1.0}
 
-  def prepare(self, leaves: Callable[[], Iterable[jax.Array]]) -> Any:
+  def prepare(self, leaves: Callable[[], Iterable[jax.Array]], **unused) -> Any:
     """Per-task thresholds ``[T]`` over the whole model (``trim_scope="model"``)."""
     if self.trim_scope == "model":
       return ops.global_thresholds(leaves(), self.k)
