@@ -32,7 +32,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models.context import Context
-from modular.models.slots import FFN, SlotArgs, activation_fn, param
+from modular.models.slots import FFN, SlotArgs, activation_fn, param, refuse_gated
 from modular.modules.options import resolve, slot_key
 from modular.modules.task_router import ROUTER_DEFAULTS, TaskRouter, check_router_options
 
@@ -57,6 +57,7 @@ class TaskMoEFFN(nnx.Module):
     where = slot_key(args.position)
     o = resolve(cfg, DEFAULTS, where)
     check_router_options(o, where)
+    refuse_gated(args, 'task_moe')
     self.act = activation_fn(args.activation)
     d, e = args.d_model, o.num_experts
     f = o.expert_d_ff or max(1, args.d_ff // o.top_k)
