@@ -17,11 +17,13 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from modular import checkpoints
+from modular.merging import lora as merging_lora
 from modular.models.norms import RMSNorm
 from modular.models.rope import inv_frequencies
 from modular.objective import per_task_metrics
@@ -249,3 +251,14 @@ def test_lora_fine_tuning_lowers_the_loss_with_imports_frozen():
   moved = [p for p in before if not part.is_frozen(p) and not np.array_equal(before[p], after[p])]
   assert moved and all("lora" in p for p in moved), moved
   assert {p.rsplit("/", 1)[1] for p in moved} >= {"lora_b_gate", "lora_b_in", "lora_b_out"}
+  # Folded into the dense SwiGLU FFN (merging, export), the gate update goes with it.
+  dense_cfg = checkpoints.pretrained_model_config(folder, seq_len=ids.shape[1])
+  dfm, template, _ = checkpoints.build_pretrained(dense_cfg)
+  folded = merging_lora.fold(params, merging_lora.scale(ml_collections.ConfigDict(
+      {"model": {"ffn": cfg.ffn.to_dict()}})))
+  assert merging_lora.folded_paths(params) == {f"blocks/{i}/ffn/{w}" for i in range(2)
+                                               for w in ("w_in", "w_out", "w_gate")}
+  dense = merging_lora.fill(template, folded, "the folded model")
+  ours = np.asarray(jax.jit(lambda p: fm.apply(p, lm)[0])(params))
+  theirs = np.asarray(jax.jit(lambda p: dfm.apply(p, lm)[0])(dense))
+  np.testing.assert_allclose(theirs[real], ours[real], atol=1e-4)
