@@ -197,11 +197,28 @@ def test_bad_checkpoint_is_one_line(tmp_path, case):
 
 def test_ffn_without_a_gated_form_is_one_line():
   cfg = checkpoints.pretrained_model_config(_folder("llama"), seq_len=8,
-                                            ffn={"name": "task_moe", "num_experts": 2})
+                                            ffn={"name": "moe", "num_experts": 2})
   with pytest.raises(ValueError) as e:
     checkpoints.build_pretrained(cfg)
   msg = str(e.value)
-  assert "'task_moe' has no gated (SwiGLU)" in msg and "\n" not in msg, msg
+  assert "'moe' has no gated (SwiGLU)" in msg and "\n" not in msg, msg
+
+
+def test_task_moe_upcycles_the_swiglu_ffn():
+  """Every expert a copy of the gated FFN, routes summing to 1: the imported logits, on
+  the shared-route (evaluation) and the chunked per-example (training) paths."""
+  ids, lengths = GOLDEN["llama_ids"], GOLDEN["llama_lengths"]
+  real = np.arange(ids.shape[1])[None] < lengths[:, None]
+  cfg = checkpoints.pretrained_model_config(
+      _folder("llama"), seq_len=ids.shape[1],
+      ffn={"name": "task_moe", "num_experts": 3, "top_k": 2, "expert_d_ff": 64})
+  fm, params, _ = checkpoints.build_pretrained(cfg)
+  assert params["blocks"][0]["ffn"]["w_gate"].shape == (3, 32, 64)
+  batch = {"inputs": ids, "task_id": np.zeros(len(ids), np.int32)}
+  for kwargs in ({}, {"deterministic": False, "rng": jax.random.key(0)}):
+    logits = jax.jit(lambda p, b: fm.apply(p, b, **kwargs)[0])(params, batch)
+    err = np.abs(np.asarray(logits) - GOLDEN["llama_logits"])[real].max()
+    assert err <= TOL, (kwargs, err)
 
 
 def test_lora_fine_tuning_lowers_the_loss_with_imports_frozen():
