@@ -57,7 +57,8 @@ def fold(params: PyTree, s: float, task: int | None = None) -> dict[str, jax.Arr
 
   Returns:
     ``{dense path: array}``: every non-factor leaf at its dense path, ``w_in`` and
-    ``w_out`` (and a gated FFN's ``w_gate``) with ``s A[task] B[task]`` added (float32 products, the leaf's dtype).
+    ``w_out`` (and a gated FFN's ``w_gate``) with ``s A[task] B[task]`` added
+    (float32 products, the leaf's dtype).
 
   Raises:
     ValueError: ``task`` is None and the run holds ``n > 1`` per-task updates (one dense

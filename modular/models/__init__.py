@@ -9,8 +9,8 @@ from modular.models import heads  # registers the "classify" head
 from modular.models import remat
 from modular.models.context import Context
 from modular.models.encoder import Encoder, EncoderBlock
-from modular.models.slots import ADAPTER, BLOCK, FFN, HEAD, SlotArgs, build_slot, param
 from modular.models.norms import RMSNorm
+from modular.models.slots import ADAPTER, BLOCK, FFN, HEAD, SlotArgs, build_slot, param
 from modular.models.transformer import LayerNorm, StandardBlock, Transformer
 
 
@@ -61,7 +61,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   # id 0 is a real token (the default mask is inputs != 0).
   c.padding_mask = False
   c.type_vocab_size = 2  # the encoder's token-type (segment) embeddings
-  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT / GPT-2 folder):
+  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT / GPT-2 /
+  # Llama / Qwen2 / Mistral folder):
   # its sizes replace the ones above and its weights are imported (modular.checkpoints).
   c.pretrained = ""
   return c
@@ -82,6 +83,7 @@ def build_model(cfg: ml_collections.ConfigDict, seed: int = 0) -> Transformer | 
 
 
 __all__ = [
-    "ADAPTER", "ARCHS", "BLOCK", "FFN", "HEAD", "Context", "Encoder", "EncoderBlock", "LayerNorm", "RMSNorm", "SlotArgs", "StandardBlock",
+    "ADAPTER", "ARCHS", "BLOCK", "FFN", "HEAD", "Context", "Encoder", "EncoderBlock", "LayerNorm",
+    "RMSNorm", "SlotArgs", "StandardBlock",
     "Transformer", "build_model", "build_slot", "default_model_config", "param",
 ]

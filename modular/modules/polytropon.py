@@ -1,8 +1,9 @@
 """Polytropon: an inventory of LoRA skills and a learned task-skill allocation.
 
 Each adapted linear W (the FFN's two: on a gated SwiGLU FFN the up and down
-projections W_in, W_out; the gate W_gate keeps its base weights) has S skills, low-rank pairs (A_s, B_s). Task t
-combines them with its row of the allocation logits Z [T, S]:
+projections W_in, W_out; the gate W_gate keeps its base weights) has S skills,
+low-rank pairs (A_s, B_s). Task t combines them with its row of the allocation
+logits Z [T, S]:
 
   z_t = sigmoid((Z_t + log u - log(1 - u)) / tau)      training (relaxed Bernoulli)
   z_t = sigmoid(Z_t)                                   evaluation

@@ -136,7 +136,10 @@ class TaskMoEFFN(nnx.Module):
     """
     idx = experts[0]  # [K]
     k, d, f = idx.shape[0], x.shape[-1], self.w_in.shape[-1]
-    side = lambda w: w[...][idx].transpose(1, 0, 2).reshape(d, k * f)  # [d, K*f]
+
+    def side(w: nnx.Param) -> jax.Array:  # the K experts side by side: [d, K*f]
+      return w[...][idx].transpose(1, 0, 2).reshape(d, k * f)
+
     up = x @ side(self.w_in)
     if self.use_bias:
       up = up + self.b_in[...][idx].reshape(k * f)
