@@ -204,6 +204,27 @@ def test_ffn_without_a_gated_form_is_one_line():
   assert "'moe' has no gated (SwiGLU)" in msg and "\n" not in msg, msg
 
 
+def test_polytropon_wraps_the_swiglu_ffn():
+  """Skills on the up and down projections: B = 0 at init gives the import's logits,
+  and the gradient reaches the skills' B and the imported gate (both in the path)."""
+  ids, lengths = GOLDEN["llama_ids"][:2], GOLDEN["llama_lengths"][:2]
+  real = np.arange(ids.shape[1])[None] < lengths[:, None]
+  cfg = checkpoints.pretrained_model_config(_folder("llama"), seq_len=ids.shape[1],
+                                            ffn={"name": "polytropon", "num_skills": 2})
+  fm, params, _ = checkpoints.build_pretrained(cfg)
+  batch = {"inputs": ids, "task_id": np.zeros(len(ids), np.int32)}
+
+  def total(p):
+    logits = fm.apply(p, batch)[0]
+    return logits[real].sum(), logits
+
+  grads, logits = jax.jit(jax.grad(total, has_aux=True))(params)
+  assert np.abs(np.asarray(logits) - GOLDEN["llama_logits"][:2])[real].max() <= TOL
+  ffn = grads["blocks"][0]["ffn"]
+  assert np.abs(np.asarray(ffn["skills_in"]["b"])).max() > 0
+  assert np.abs(np.asarray(ffn["base"]["w_gate"])).max() > 0
+
+
 def test_task_moe_upcycles_the_swiglu_ffn():
   """Every expert a copy of the gated FFN, routes summing to 1: the imported logits, on
   the shared-route (evaluation) and the chunked per-example (training) paths."""
