@@ -48,6 +48,7 @@ def default_mesh_config() -> ml_collections.ConfigDict:
       ("embed", "fsdp"),
       ("mlp", "model"),
       ("heads", "model"),
+      ("kv_heads", "model"),  # grouped-query attention's key/value heads
       ("head_dim", None),
       ("tasks", None),
       ("expert", "expert"),

@@ -28,7 +28,9 @@ from modular.modules.peft import dense_path
 from modular.paths import flat_paths, path_str
 
 PyTree = Any
-_FACTORS = {"w_in": ("lora_a_in", "lora_b_in"), "w_out": ("lora_a_out", "lora_b_out")}
+# w_gate: only on a gated (SwiGLU) FFN, whose LoRA holds a gate pair too.
+_FACTORS = {"w_in": ("lora_a_in", "lora_b_in"), "w_out": ("lora_a_out", "lora_b_out"),
+            "w_gate": ("lora_a_gate", "lora_b_gate")}
 
 
 def is_lora(cfg: ml_collections.ConfigDict) -> bool:
@@ -55,7 +57,8 @@ def fold(params: PyTree, s: float, task: int | None = None) -> dict[str, jax.Arr
 
   Returns:
     ``{dense path: array}``: every non-factor leaf at its dense path, ``w_in`` and
-    ``w_out`` with ``s A[task] B[task]`` added (float32 products, the leaf's dtype).
+    ``w_out`` (and a gated FFN's ``w_gate``) with ``s A[task] B[task]`` added
+    (float32 products, the leaf's dtype).
 
   Raises:
     ValueError: ``task`` is None and the run holds ``n > 1`` per-task updates (one dense
@@ -73,6 +76,8 @@ def fold(params: PyTree, s: float, task: int | None = None) -> dict[str, jax.Arr
       raise ValueError(f"merging: {head} holds {n} per-task LoRA updates; merge runs with "
                        "one (shared or single-task) LoRA, or fold one task explicitly")
     for w, (a_name, b_name) in _FACTORS.items():
+      if f"{head}/{a_name}" not in flat:  # no gate pair on an ungated FFN
+        continue
       a = jnp.asarray(flat[f"{head}/{a_name}"], jnp.float32)[task or 0]  # [d_in, r]
       b = jnp.asarray(flat[f"{head}/{b_name}"], jnp.float32)[task or 0]  # [r, d_out]
       target = dense_path(f"{head}/base/{w}")
@@ -83,7 +88,9 @@ def fold(params: PyTree, s: float, task: int | None = None) -> dict[str, jax.Arr
 def folded_paths(params: PyTree) -> set[str]:
   """The dense paths that ``fold`` adds a LoRA update to."""
   heads = {p.rsplit("/", 1)[0] for p in flat_paths(params) if p.endswith("/lora_a_in")}
-  return {dense_path(f"{h}/base/{w}") for h in heads for w in _FACTORS}
+  flat = flat_paths(params)
+  return {dense_path(f"{h}/base/{w}") for h in heads for w, (a, _) in _FACTORS.items()
+          if f"{h}/{a}" in flat}
 
 
 def trained_paths(params: PyTree, frozen: Sequence[str], lora: bool) -> set[str]:

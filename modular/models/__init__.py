@@ -9,6 +9,7 @@ from modular.models import heads  # registers the "classify" head
 from modular.models import precision, remat
 from modular.models.context import Context
 from modular.models.encoder import Encoder, EncoderBlock
+from modular.models.norms import RMSNorm
 from modular.models.slots import ADAPTER, BLOCK, FFN, HEAD, SlotArgs, build_slot, param
 from modular.models.transformer import LayerNorm, StandardBlock, Transformer
 
@@ -47,8 +48,25 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.max_positions = -1  # rows of the position table; -1: seq_len
   c.attn_bias = False  # the decoder's q/k/v/o biases (GPT-2)
   c.tie_embeddings = False  # the decoder publishes embed to the "tied" head (GPT-2)
+  # Llama-family decoders (all off by default; models/transformer.py):
+  c.norm = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm, float32 statistics)
+  c.positions = "learned"  # "learned" (a position table) or "rope" (rotary)
+  c.rope_theta = 10000.0  # RoPE base
+  # RoPE frequency scaling as transformers writes it: {} / rope_type "default",
+  # "linear" (factor) or "llama3" (factor, low_freq_factor, high_freq_factor,
+  # original_max_position_embeddings); any other type is refused (models/rope.py).
+  c.rope_scaling = ml_collections.ConfigDict()
+  c.num_kv_heads = -1  # key/value heads of grouped-query attention; -1: num_heads
+  c.attn_qkv_bias = False  # biases on q/k/v only (Qwen2)
+  c.ffn_gated = False  # SwiGLU: act(x W_gate) * (x W_in), then W_out
+  c.ffn_bias = True  # the FFN's b_in / b_out
+  # Mask padded keys and count positions over real tokens (ctx.token_mask): a
+  # left-padded row gives its unpadded logits. Needs a batch token_mask where token
+  # id 0 is a real token (the default mask is inputs != 0).
+  c.padding_mask = False
   c.type_vocab_size = 2  # the encoder's token-type (segment) embeddings
-  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT / GPT-2 folder):
+  # A pretrained checkpoint ("all-MiniLM-L6-v2" or a Hugging Face BERT / GPT-2 /
+  # Llama / Qwen2 / Mistral folder):
   # its sizes replace the ones above and its weights are imported (modular.checkpoints).
   c.pretrained = ""
   return c
@@ -69,6 +87,7 @@ def build_model(cfg: ml_collections.ConfigDict, seed: int = 0) -> Transformer | 
 
 
 __all__ = [
-    "ADAPTER", "ARCHS", "BLOCK", "FFN", "HEAD", "Context", "Encoder", "EncoderBlock", "LayerNorm", "SlotArgs", "StandardBlock",
+    "ADAPTER", "ARCHS", "BLOCK", "FFN", "HEAD", "Context", "Encoder", "EncoderBlock", "LayerNorm",
+    "RMSNorm", "SlotArgs", "StandardBlock",
     "Transformer", "build_model", "build_slot", "default_model_config", "param",
 ]

@@ -43,6 +43,8 @@ class Context:
     token_mask: [B, L] bool, True on real (non-padding) tokens; None means every
       position is real. One field for the whole model: routers count only real
       tokens, and an encoder's attention masks padded keys with it.
+    positions: [B, L] int32 position of every token for rotary embeddings (None:
+      0..L-1); a decoder with ``model.padding_mask`` numbers the real tokens.
     layer: index of the block being run (-1 outside blocks).
     position: slot name inside the block ("attn", "ffn", "adapter_attn", ...).
     losses: name -> scalar auxiliary loss, already weighted; summed by the loop.
@@ -61,6 +63,7 @@ class Context:
   head_gates: jax.Array | None = None
   head_means: jax.Array | None = None
   token_mask: jax.Array | None = None
+  positions: jax.Array | None = None
   layer: int = -1
   position: str = ""
   losses: dict[str, jax.Array] = dataclasses.field(default_factory=dict)

@@ -107,26 +107,76 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...],
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
-class DenseFFN(nnx.Module):
-  """The default FFN: act(x W_in + b) W_out + b.
+def ffn_options(args: SlotArgs) -> tuple[bool, bool]:
+  """(gated, bias) of the model's FFN: ``model.ffn_gated`` (False), ``model.ffn_bias`` (True)."""
+  cfg = args.model_cfg
+  if cfg is None:
+    return False, True
+  return bool(cfg.get("ffn_gated", False)), bool(cfg.get("ffn_bias", True))
 
-  Captures its input [B, L, d] as ``ffn_in`` and its hidden activations [B, L, d_ff]
-  as ``ffn_act`` when the context captures (neuron specialization reads ``ffn_act``;
-  RegMean's Grams read both: the inputs of ``w_in`` and ``w_out``); ``ffn_act`` is also
-  a patching site (``Context.tap``: one component per neuron).
+
+class DenseFFN(nnx.Module):
+  """The default FFN: act(x W_in + b) W_out + b, or gated (SwiGLU).
+
+  With ``model.ffn_gated`` (Llama's SwiGLU, Shazeer 2020) the hidden layer is
+  act(x W_gate) * (x W_in + b_in) with W_gate [d, d_ff] (``w_gate``): W_in is the
+  up projection, W_out the down projection. ``model.ffn_bias = False`` drops both
+  biases. Captures its input [B, L, d] as ``ffn_in`` and its hidden activations
+  [B, L, d_ff] as ``ffn_act`` when the context captures (neuron specialization reads
+  ``ffn_act``; RegMean's Grams read both); ``ffn_act`` is also a patching site
+  (``Context.tap``: one component per neuron). ``hidden`` and ``output``
+  take additive updates (LoRA's, Polytropon's) of the pre-activations and output.
+
+  References:
+    Shazeer 2020, "GLU Variants Improve Transformer" (SwiGLU).
   """
 
   def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
     self.act = activation_fn(args.activation)
+    self.gated, self.use_bias = ffn_options(args)
     self.w_in = param(rngs, (args.d_model, args.d_ff), ("embed", "mlp"))
-    self.b_in = param(rngs, (args.d_ff,), ("mlp",), init="zeros")
+    if self.use_bias:
+      self.b_in = param(rngs, (args.d_ff,), ("mlp",), init="zeros")
     self.w_out = param(rngs, (args.d_ff, args.d_model), ("mlp", "embed"))
-    self.b_out = param(rngs, (args.d_model,), ("embed",), init="zeros")
+    if self.use_bias:
+      self.b_out = param(rngs, (args.d_model,), ("embed",), init="zeros")
+    if self.gated:  # drawn last: a model without it initializes as before
+      self.w_gate = param(rngs, (args.d_model, args.d_ff), ("embed", "mlp"))
+
+  def hidden(self, x: jax.Array, up: jax.Array | None = None,
+             gate: jax.Array | None = None) -> jax.Array:
+    """[B, L, d] -> [B, L, d_ff]; ``up`` / ``gate`` are added to the pre-activations."""
+    u = x @ self.w_in[...]
+    if self.use_bias:
+      u = u + self.b_in[...]
+    if up is not None:
+      u = u + up
+    if not self.gated:
+      return self.act(u)
+    g = x @ self.w_gate[...]
+    if gate is not None:
+      g = g + gate
+    return self.act(g) * u
+
+  def output(self, h: jax.Array, down: jax.Array | None = None) -> jax.Array:
+    """[B, L, d_ff] -> [B, L, d]; ``down`` is added to the output."""
+    out = h @ self.w_out[...]
+    if self.use_bias:
+      out = out + self.b_out[...]
+    return out if down is None else out + down
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     ctx.capture_activation("ffn_in", x)
-    h = ctx.tap("ffn_act", self.act(x @ self.w_in[...] + self.b_in[...]))  # [B, L, d_ff]
-    return h @ self.w_out[...] + self.b_out[...]
+    h = ctx.tap("ffn_act", self.hidden(x))  # [B, L, d_ff]
+    return self.output(h)
+
+
+def refuse_gated(args: SlotArgs, name: str) -> None:
+  """Raises for an FFN filler without a gated form on a ``model.ffn_gated`` model."""
+  if ffn_options(args) != (False, True):
+    raise ValueError(f"config.model.ffn.name: {name!r} has no gated (SwiGLU) or bias-free "
+                     "form; a model with model.ffn_gated=True or model.ffn_bias=False "
+                     "(a Llama-family checkpoint) takes 'dense', 'lora' or 'polytropon'")
 
 
 @FFN.register("dense")
@@ -147,14 +197,20 @@ def _none(args, cfg, rngs):
 
 
 class SharedHead(nnx.Module):
-  """One linear map hidden -> vocabulary logits for all tasks."""
+  """One linear map hidden -> vocabulary logits for all tasks.
+
+  ``head.bias = False`` leaves out the bias (an untied ``lm_head`` of Llama has none).
+  """
 
   def __init__(self, args: SlotArgs, cfg: ml_collections.ConfigDict, rngs: nnx.Rngs):
     self.kernel = param(rngs, (args.d_model, args.vocab_size), ("embed", "vocab"))
-    self.bias = param(rngs, (args.vocab_size,), ("vocab",), init="zeros")
+    self.use_bias = bool(cfg.get("bias", True))
+    if self.use_bias:
+      self.bias = param(rngs, (args.vocab_size,), ("vocab",), init="zeros")
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, V]
-    return x @ self.kernel[...] + self.bias[...]
+    out = x @ self.kernel[...]
+    return out + self.bias[...] if self.use_bias else out
 
 
 class TiedHead(nnx.Module):

@@ -13,6 +13,14 @@ per-head outputs ``block{i}/attn/attn_heads`` [B, L, H, dh] (``attention.py``).
 ``block``, ``ffn``, ``adapter_attn``, ``adapter_ffn`` and ``head`` are chosen by name
 in the config (``slots.py``).
 
+Pretrained decoders set the rest (each off by default, so a model without them is
+unchanged): ``norm = "rms"`` (RMSNorm, ``norms.py``), ``positions = "rope"`` (rotary
+embeddings with ``rope_theta`` / ``rope_scaling``, ``rope.py``, instead of the learned
+table), ``num_kv_heads`` (grouped-query attention), ``attn_qkv_bias`` (Qwen2),
+``ffn_gated`` / ``ffn_bias`` (SwiGLU without biases, ``slots.DenseFFN``) and
+``padding_mask``: padded keys masked and positions counted over the real tokens
+(``ctx.token_mask``), so a left-padded row gives the logits of the unpadded one.
+
 Why decoder-only: every built-in task is a sequence-to-sequence map over one
 vocabulary, so one next-token objective covers them all, per-task heads remain an
 option (``head.name = "per_task"``), and the task token gives the routers a task
@@ -20,6 +28,8 @@ signal inside the sequence as well as through ``ctx.task_id``.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +39,9 @@ from flax import nnx
 from modular.models.attention import CausalSelfAttention
 from modular.models import precision, remat
 from modular.models.context import Context
+from modular.models.norms import LayerNorm, make_norm  # LayerNorm: re-exported
+from modular.models.rope import Rope
 from modular.models.slots import BLOCK, SlotArgs, build_slot, param
-
-
-class LayerNorm(nnx.Module):
-  """Layer norm over the last axis with a learned scale and bias."""
-
-  def __init__(self, d: int, rngs: nnx.Rngs | None = None, eps: float = 1e-5):
-    self.scale = param(rngs, (d,), ("embed",), init="ones")
-    self.bias = param(rngs, (d,), ("embed",), init="zeros")
-    self.eps = eps
-
-  def __call__(self, x: jax.Array) -> jax.Array:  # [..., d], statistics in float32
-    return precision.norm_in_float32(x, self.scale[...], self.bias[...], self.eps)
 
 
 def dropout(x: jax.Array, rate: float, ctx: Context, name: str) -> jax.Array:
@@ -50,6 +50,17 @@ def dropout(x: jax.Array, rate: float, ctx: Context, name: str) -> jax.Array:
     return x
   keep = jax.random.bernoulli(ctx.key(name), 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+POSITIONS = ("learned", "rope")
+
+
+def positions_kind(cfg: ml_collections.ConfigDict) -> str:
+  """``model.positions``: "learned" (a position table, the default) or "rope"."""
+  kind = cfg.get("positions", "learned")
+  if kind not in POSITIONS:
+    raise ValueError(f"config.model.positions: unknown {kind!r}; known: {', '.join(POSITIONS)}")
+  return kind
 
 
 def slot_args(cfg: ml_collections.ConfigDict, layer: int, position: str, shared) -> SlotArgs:
@@ -65,13 +76,17 @@ class StandardBlock(nnx.Module):
   """Pre-LN block: attention, FFN slot and the two adapter slots."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, layer: int, shared, rngs: nnx.Rngs):
-    eps = float(cfg.get("layer_norm_eps", 1e-5))
-    self.ln_attn = LayerNorm(cfg.d_model, rngs, eps=eps)
-    self.attn = CausalSelfAttention(cfg.d_model, cfg.num_heads, rngs,
-                                    bias=bool(cfg.get("attn_bias", False)))
+    self.ln_attn = make_norm(cfg, cfg.d_model, rngs)
+    rope = (Rope.from_config(cfg, cfg.d_model // cfg.num_heads)
+            if positions_kind(cfg) == "rope" else None)
+    self.attn = CausalSelfAttention(
+        cfg.d_model, cfg.num_heads, rngs, bias=bool(cfg.get("attn_bias", False)),
+        num_kv_heads=cfg.get("num_kv_heads", -1) if cfg.get("num_kv_heads", -1) > 0 else None,
+        qkv_bias=bool(cfg.get("attn_qkv_bias", False)), rope=rope,
+        mask_padding=bool(cfg.get("padding_mask", False)))
     self.adapter_attn = build_slot(
         "adapter_attn", slot_args(cfg, layer, "adapter_attn", shared), cfg.adapter_attn, rngs)
-    self.ln_ffn = LayerNorm(cfg.d_model, rngs, eps=eps)
+    self.ln_ffn = make_norm(cfg, cfg.d_model, rngs)
     self.ffn = build_slot("ffn", slot_args(cfg, layer, "ffn", shared), cfg.ffn, rngs)
     self.adapter_ffn = build_slot(
         "adapter_ffn", slot_args(cfg, layer, "adapter_ffn", shared), cfg.adapter_ffn, rngs)
@@ -101,9 +116,11 @@ class Transformer(nnx.Module):
   Args:
     cfg: the model config (``config.model``) with vocab_size, seq_len and num_tasks
       filled in from the data; ``max_positions`` (-1: seq_len) sizes the position
-      table, ``layer_norm_eps`` the LayerNorms, ``attn_bias`` adds attention biases,
-      and ``tie_embeddings`` (implied by the "tied" head) publishes ``embed`` to
-      the head (logits x embed^T, one shared parameter: GPT-2's LM head).
+      table (none with ``positions = "rope"``), ``layer_norm_eps`` the norms,
+      ``attn_bias`` adds attention biases, and ``tie_embeddings`` (implied by the
+      "tied" head) publishes ``embed`` to the head (logits x embed^T, one shared
+      parameter: GPT-2's LM head); the Llama-family options are in the module
+      docstring.
     rngs: key source for the initialization.
   """
 
@@ -121,13 +138,16 @@ class Transformer(nnx.Module):
     self.compute_dtype = precision.check(cfg.get("dtype", "float32"))  # model.dtype
     self.shared = nnx.Dict()
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), scale=1.0)
-    self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
+    self.learned_positions = positions_kind(cfg) == "learned"
+    if self.learned_positions:
+      self.pos_embed = param(rngs, (positions, cfg.d_model), (None, "embed"), scale=1.0)
+    self.padding_mask = bool(cfg.get("padding_mask", False))
     if cfg.get("tie_embeddings", False) or cfg.head.get("name") == "tied":
       self.shared["embed"] = self.embed  # the same Param: its path stays "embed"
     self.blocks = nnx.List([
         build_slot("block", slot_args(cfg, i, "block", self.shared), cfg.block, rngs)
         for i in range(cfg.num_layers)])
-    self.ln_final = LayerNorm(cfg.d_model, rngs, eps=float(cfg.get("layer_norm_eps", 1e-5)))
+    self.ln_final = make_norm(cfg, cfg.d_model, rngs)
     self.head = build_slot("head", slot_args(cfg, -1, "head", self.shared), cfg.head, rngs)
 
   def __call__(self, tokens: jax.Array, ctx: Context) -> jax.Array:
@@ -142,7 +162,14 @@ class Transformer(nnx.Module):
       ``ctx.losses``, ``ctx.stats`` and ``ctx.intermediates``.
     """
     seq = tokens.shape[1]
-    x = self.embed[...][tokens] + self.pos_embed[...][:seq]  # [B, L, d]
+    x = self.embed[...][tokens]  # [B, L, d]
+    if self.padding_mask and ctx.token_mask is not None:
+      # Positions over the real tokens (transformers' position_ids = cumsum(mask) - 1).
+      pos = jnp.maximum(jnp.cumsum(ctx.token_mask.astype(jnp.int32), axis=1) - 1, 0)
+      ctx = dataclasses.replace(ctx, positions=pos)  # the collectors stay shared
+    if self.learned_positions:
+      pos_table = self.pos_embed[...]
+      x = x + (pos_table[:seq] if ctx.positions is None else pos_table[ctx.positions])
     for i, block in enumerate(self.blocks):
       bctx = ctx.at(layer=i, position="")
       x = precision.residual(

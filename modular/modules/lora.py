@@ -6,6 +6,12 @@ chosen by the example's task:
   h = act(x W_in + b_in + (alpha / r) (x A_in[t]) B_in[t])
   y = h W_out + b_out + (alpha / r) (h A_out[t]) B_out[t]
 
+On a gated (SwiGLU) FFN, ``model.ffn_gated``, the gate projection gets its own
+pair (``lora_a_gate`` [n, d, r], ``lora_b_gate`` [n, r, d_ff]), as peft's LoRA on
+Llama's gate/up/down projections:
+
+  h = act(x W_gate + (alpha / r) (x A_gate[t]) B_gate[t]) * (x W_in + ... + up update)
+
 A is random and B is zero at init, so the model starts as the dense one. With
 ``per_task = False`` one update is shared by all tasks. In the parameter-efficient mode
 (``peft.frozen_backbone``) only the A and B matrices train: ``lora_a_in`` [n, d, r],
@@ -63,6 +69,9 @@ class LoRAFFN(nnx.Module):
                                                "embed", "mlp")
     self.lora_a_out, self.lora_b_out = lora_pair(rngs, n, args.d_ff, args.d_model, o.rank,
                                                  "mlp", "embed")
+    if self.base.gated:
+      self.lora_a_gate, self.lora_b_gate = lora_pair(rngs, n, args.d_model, args.d_ff,
+                                                     o.rank, "embed", "mlp")
 
   def _delta(self, x: jax.Array, a: nnx.Param, b: nnx.Param, idx: jax.Array) -> jax.Array:
     """(alpha / r) (x A[idx]) B[idx] per example: [B, L, d_in] -> [B, L, d_out]."""
@@ -71,12 +80,12 @@ class LoRAFFN(nnx.Module):
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
     idx = ctx.task_id if self.per_task else jnp.zeros_like(ctx.task_id)
-    base = self.base
     up = self._delta(x, self.lora_a_in, self.lora_b_in, idx)
-    h = base.act(x @ base.w_in[...] + base.b_in[...] + up)
+    gate = (self._delta(x, self.lora_a_gate, self.lora_b_gate, idx)
+            if self.base.gated else None)
+    h = self.base.hidden(x, up, gate)
     ctx.capture_activation("ffn_act", h)
-    down = self._delta(h, self.lora_a_out, self.lora_b_out, idx)
-    return h @ base.w_out[...] + base.b_out[...] + down
+    return self.base.output(h, self._delta(h, self.lora_a_out, self.lora_b_out, idx))
 
 
 @FFN.register("lora")

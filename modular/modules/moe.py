@@ -54,7 +54,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from modular.models.context import Context
-from modular.models.slots import FFN, SlotArgs, activation_fn, param
+from modular.models.slots import FFN, SlotArgs, activation_fn, param, refuse_gated
 from modular.modules import routing
 from modular.modules.options import check_choice, resolve, slot_key
 
@@ -99,6 +99,7 @@ class MoEFFN(nnx.Module):
       raise ValueError(f"config.{where}.top_k: must be in [1, num_experts={o.num_experts}],"
                        f" got {o.top_k}")
     self.opts = o
+    refuse_gated(args, 'moe')
     self.act = activation_fn(args.activation)
     d, e = args.d_model, o.num_experts
     f = o.expert_d_ff or max(1, args.d_ff // o.top_k)

@@ -40,7 +40,7 @@ from typing import Any
 from modular import paths
 
 _BLOCK = r"blocks/\d+"
-_FFN_LEAVES = r"(w_in|b_in|w_out|b_out)"
+_FFN_LEAVES = r"(w_in|b_in|w_out|b_out|w_gate)"  # w_gate: a SwiGLU FFN
 # The dense model's parameters, exact leaf names (what a dense checkpoint holds).
 BACKBONE = (
     r"^embed$",

@@ -1,7 +1,9 @@
 """Polytropon: an inventory of LoRA skills and a learned task-skill allocation.
 
-Each adapted linear W (the FFN's two) has S skills, low-rank pairs (A_s, B_s). Task t
-combines them with its row of the allocation logits Z [T, S]:
+Each adapted linear W (the FFN's two: on a gated SwiGLU FFN the up and down
+projections W_in, W_out; the gate W_gate keeps its base weights) has S skills,
+low-rank pairs (A_s, B_s). Task t combines them with its row of the allocation
+logits Z [T, S]:
 
   z_t = sigmoid((Z_t + log u - log(1 - u)) / tau)      training (relaxed Bernoulli)
   z_t = sigmoid(Z_t)                                   evaluation
@@ -140,10 +142,10 @@ class PolytroponFFN(nnx.Module):
     # A shared allocation draws one sample per step for all layers (a model-level key).
     actx = ctx.at(layer=-1, position="polytropon") if self.shared else ctx
     weights = self.allocation(actx)  # [T, h, S]
-    base, task = self.base, ctx.task_id
-    h = base.act(x @ base.w_in[...] + base.b_in[...] + self.skills_in(x, weights, task))
+    task = ctx.task_id
+    h = self.base.hidden(x, self.skills_in(x, weights, task))  # a gated FFN's W_gate stays
     ctx.capture_activation("ffn_act", h)
-    return h @ base.w_out[...] + base.b_out[...] + self.skills_out(h, weights, task)
+    return self.base.output(h, self.skills_out(h, weights, task))
 
 
 @FFN.register("polytropon")

@@ -14,6 +14,10 @@ batch has the same route (one task), the sort is skipped at run time (``lax.cond
 and the k experts run side by side as one dense FFN. In the averaging stage (or with
 k = E) all experts run on all tokens.
 
+On a gated model (``model.ffn_gated``: Llama's SwiGLU, ``model.ffn_bias = False``)
+every expert is gated as the dense FFN, act(x W_gate[e]) * (x W_in[e]) W_out[e], so
+with expert_d_ff = d_ff the experts upcycle from a Llama-family checkpoint's FFN.
+
 Config (``model.ffn``, name "task_moe"): the ``TaskRouter`` options plus expert_d_ff
 (0: d_ff // top_k, equal active parameters to the dense FFN) and chunk (4).
 
@@ -32,7 +36,7 @@ import ml_collections
 from flax import nnx
 
 from modular.models.context import Context
-from modular.models.slots import FFN, SlotArgs, activation_fn, param
+from modular.models.slots import FFN, SlotArgs, activation_fn, ffn_options, param
 from modular.modules.options import resolve, slot_key
 from modular.modules.task_router import ROUTER_DEFAULTS, TaskRouter, check_router_options
 
@@ -58,6 +62,7 @@ class TaskMoEFFN(nnx.Module):
     o = resolve(cfg, DEFAULTS, where)
     check_router_options(o, where)
     self.act = activation_fn(args.activation)
+    self.gated, self.use_bias = ffn_options(args)
     d, e = args.d_model, o.num_experts
     f = o.expert_d_ff or max(1, args.d_ff // o.top_k)
     if o.chunk < 1:
@@ -65,14 +70,27 @@ class TaskMoEFFN(nnx.Module):
     self.chunk = o.chunk
     self.router = TaskRouter(args.num_tasks, o, rngs)
     self.w_in = param(rngs, (e, d, f), ("expert", "embed", "mlp"), scale=d**-0.5)
-    self.b_in = param(rngs, (e, f), ("expert", "mlp"), init="zeros")
+    if self.use_bias:
+      self.b_in = param(rngs, (e, f), ("expert", "mlp"), init="zeros")
     self.w_out = param(rngs, (e, f, d), ("expert", "mlp", "embed"), scale=f**-0.5)
-    self.b_out = param(rngs, (e, d), ("expert", "embed"), init="zeros")
+    if self.use_bias:
+      self.b_out = param(rngs, (e, d), ("expert", "embed"), init="zeros")
+    if self.gated:  # drawn last: an ungated model initializes as before
+      self.w_gate = param(rngs, (e, d, f), ("expert", "embed", "mlp"), scale=d**-0.5)
+
+  def _hidden(self, up: jax.Array, gate: jax.Array | None) -> jax.Array:
+    """act(up), or act(gate) * up on a gated FFN."""
+    return self.act(up) if gate is None else self.act(gate) * up
 
   def _all_experts(self, x: jax.Array, weights: jax.Array) -> jax.Array:
     """Every expert on every token; weights [B, E] dense."""
-    h = self.act(jnp.einsum("bld,edf->blef", x, self.w_in[...]) + self.b_in[...])
-    out = jnp.einsum("blef,efd->bled", h, self.w_out[...]) + self.b_out[...]
+    up = jnp.einsum("bld,edf->blef", x, self.w_in[...])
+    if self.use_bias:
+      up = up + self.b_in[...]
+    gate = jnp.einsum("bld,edf->blef", x, self.w_gate[...]) if self.gated else None
+    out = jnp.einsum("blef,efd->bled", self._hidden(up, gate), self.w_out[...])
+    if self.use_bias:
+      out = out + self.b_out[...]
     return jnp.einsum("bled,be->bld", out, weights.astype(x.dtype))
 
   def _per_example(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
@@ -100,10 +118,15 @@ class TaskMoEFFN(nnx.Module):
     buf = buf.reshape(n_chunks, c * length, d)
     chunk_expert = jnp.minimum(jnp.searchsorted(ends, jnp.arange(n_chunks) * c, side="right"),
                                e - 1)  # [N]
-    h = jnp.einsum("nmd,ndf->nmf", buf, self.w_in[...][chunk_expert])
-    h = self.act(h + self.b_in[...][chunk_expert][:, None])
-    out = jnp.einsum("nmf,nfd->nmd", h, self.w_out[...][chunk_expert])
-    out = (out + self.b_out[...][chunk_expert][:, None]).reshape(n_chunks * c, length, d)
+    up = jnp.einsum("nmd,ndf->nmf", buf, self.w_in[...][chunk_expert])
+    if self.use_bias:
+      up = up + self.b_in[...][chunk_expert][:, None]
+    gate = (jnp.einsum("nmd,ndf->nmf", buf, self.w_gate[...][chunk_expert])
+            if self.gated else None)
+    out = jnp.einsum("nmf,nfd->nmd", self._hidden(up, gate), self.w_out[...][chunk_expert])
+    if self.use_bias:
+      out = out + self.b_out[...][chunk_expert][:, None]
+    out = out.reshape(n_chunks * c, length, d)
     y = out[slot].reshape(b, k, length, d)
     return jnp.einsum("bkld,bk->bld", y, weights.astype(x.dtype))
 
@@ -113,10 +136,18 @@ class TaskMoEFFN(nnx.Module):
     """
     idx = experts[0]  # [K]
     k, d, f = idx.shape[0], x.shape[-1], self.w_in.shape[-1]
-    w_in = self.w_in[...][idx].transpose(1, 0, 2).reshape(d, k * f)  # [d, K*f]
-    h = self.act(x @ w_in + self.b_in[...][idx].reshape(k * f))  # [B, L, K*f]
+
+    def side(w: nnx.Param) -> jax.Array:  # the K experts side by side: [d, K*f]
+      return w[...][idx].transpose(1, 0, 2).reshape(d, k * f)
+
+    up = x @ side(self.w_in)
+    if self.use_bias:
+      up = up + self.b_in[...][idx].reshape(k * f)
+    h = self._hidden(up, x @ side(self.w_gate) if self.gated else None)  # [B, L, K*f]
     scale = jnp.repeat(weights.astype(x.dtype), f, axis=-1)[:, None]  # [B, 1, K*f]
     out = (h * scale) @ self.w_out[...][idx].reshape(k * f, d)
+    if not self.use_bias:
+      return out
     return out + (weights.astype(x.dtype) @ self.b_out[...][idx])[:, None]
 
   def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:  # [B, L, d] -> [B, L, d]
@@ -135,8 +166,9 @@ class TaskMoEFFN(nnx.Module):
   def restrict_to_task(self, task: int) -> None:
     """Keeps only the experts task ``task`` uses, with its route fixed (inference)."""
     experts = self.router.fix_to_task(task)
-    for name in ("w_in", "b_in", "w_out", "b_out"):
-      setattr(self, name, take_experts(getattr(self, name), experts))
+    for name in ("w_in", "b_in", "w_out", "b_out", "w_gate"):
+      if hasattr(self, name):
+        setattr(self, name, take_experts(getattr(self, name), experts))
 
 
 @FFN.register("task_moe")
