@@ -18,9 +18,9 @@ Fields (``default_data_config()``):
   num_eval     256  held-out ('test' split) examples per task for evaluation
   val_share    0.0  share of every task's train split carved into a validation
                     split (``modular.data.splits``: by synset for WordNet); > 0:
-                    periodic evaluation is on validation, the run keeps its
-                    validation-best checkpoint and measures the whole test split
-                    once with it (``train.select_metric``)
+                    periodic evaluation is on the whole validation split, the run
+                    keeps its validation-best checkpoint and measures the test split
+                    (num_eval examples per task) once with it (``train.select_metric``)
   sampling     "proportional" | "uniform" | "temperature" | "explicit"
   temperature  2.0  p_t proportional to n_t ** (1 / temperature)
   weights      ""   per-task weights for sampling="explicit": "copy:2,sort:1",

@@ -18,6 +18,8 @@ from typing import Any
 
 import ml_collections
 
+from modular.experiments.spec import DATA_SEED_KEY, SEED_KEY
+
 METRICS = ("accuracy", "seq_accuracy", "loss")
 # (-1)^{l_t}: +1 where higher is better, -1 where lower is better.
 METRIC_SIGN = {"accuracy": 1.0, "seq_accuracy": 1.0, "loss": -1.0}
@@ -99,7 +101,8 @@ def results_table(rows: list[dict[str, Any]], tasks: list[str]
     The header and one line per row; a missing value is an empty cell. The ``delta_m``
     column (percent) is there only when some row is a baseline.
   """
-  keys = sorted({k for r in rows for k in r["point"]})
+  keys = sorted({k for r in rows for k in r["point"]
+                 if not (k == DATA_SEED_KEY and r["point"].get(SEED_KEY) == r["point"][k])})
   has_baselines = any(r.get("baseline") for r in rows)
   header = ["run"] + [k.split(".")[-1] for k in keys] + ["status"]
   for metric in METRICS:

@@ -395,7 +395,7 @@ def _test_best(run: Run, workdir: str, selection: selection_lib.Selection,
   checkpointer.best_step = best["step"]
   try:
     state, _, _ = checkpointer.restore(best["step"], run.abstract_state)
-    batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size, "test", None)
+    batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size, "test")
     arrays, sums = selection_lib.predict(run.predict_step, run.eval_step, state["params"],
                                          batches, lambda b: global_batch(run, b))
     test = eval_values(sums, tasks)

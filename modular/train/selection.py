@@ -8,7 +8,8 @@ checkpoint (to resume from) and the best one (``Checkpointer(best=True)``,
 ``best_step``). Once the last step is done, the loop:
 
   1. restores the validation-best checkpoint (the earliest of equal scores),
-  2. measures the whole test split once with it, per example
+  2. measures the test split (its first ``data.num_eval`` examples per task: set it to
+     the split's size for all of them) once with it, per example
      (``predictions.npz``: per task ``<task>/correct``, ``/loss``, ``/pred``,
      ``/label``, in the test split's order, the same for every run of the data),
   3. writes ``selection.json`` (the validation history, the best step, its
