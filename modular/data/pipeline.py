@@ -225,14 +225,14 @@ def make_eval_batches(cfg: Any, batch_size: int, split: str = "test",
   Raises:
     ValueError: ``split`` is "val" but the config carves no validation split.
   """
+  if split == "val" and not cfg.val_share > 0:
+    raise ValueError(f"config.data.val_share: {cfg.val_share} carves no 'val' split; "
+                     "set it > 0 to evaluate on validation")
   all_sources = sources_lib.build_task_sources(cfg)
   classification = classification_lib.is_classification(cfg)
   pad = classification_lib.padding_example if classification else padding_example
   out: dict[str, list[dict[str, np.ndarray]]] = {}
   for t, name in enumerate(config_lib.task_names(cfg)):
-    if split not in all_sources[name]:
-      raise ValueError(f"config.data.val_share: {cfg.val_share} carves no {split!r} split; "
-                       "set it > 0 to evaluate on validation")
     source = all_sources[name][split]
     n = len(source) if limit is None else min(cfg.num_eval if limit == -1 else limit,
                                               len(source))
