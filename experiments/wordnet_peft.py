@@ -43,8 +43,8 @@ and McNemar's exact test against ``REFERENCE`` (full fine-tuning with the mean) 
 each seed, combined over the seeds by Fisher's method.
 
 ``:ci`` shrinks the protocol to two tasks, two seeds, the arms full x {mean, PCGrad} and
-LoRA x mean data-matched (10 runs with the baselines), 4 steps at length 16 (validation on 2% of the train
-synsets at steps 2 and 4, test on 64 examples per task).
+LoRA x mean data-matched (10 runs with the baselines), 4 steps at length 16 (validation on
+2% of the train synsets at steps 2 and 4, test on 64 examples per task).
 
 References:
   Hu et al. 2022 (LoRA); Houlsby et al. 2019 (adapters); Karimi Mahabadi et al. 2021

@@ -171,3 +171,28 @@ def test_upcycled_task_moe_starts_as_the_dense_model():
   want, _ = fm_d.apply(dense, batch)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   assert jax.tree.structure(moe["head"]) == jax.tree.structure(dense["head"])
+
+
+@pytest.mark.slow
+def test_ci_protocol_runs_end_to_end(tmp_path, data_dir):
+  """The whole :ci protocol (10 runs): one checkpoint per run, the table over seeds."""
+  from modular.experiments import run_sweep  # pylint: disable=g-import-not-at-top
+  from modular.train import selection  # pylint: disable=g-import-not-at-top
+  w = _module()
+  run_sweep(EXPERIMENT, str(tmp_path), arg="ci", overrides={"data.data_dir": data_dir})
+  points = expand(EXPERIMENT, "ci") + expand_baselines(EXPERIMENT, "ci")
+  for p in points:
+    run = tmp_path / p.name
+    best = selection.read(str(run))["best_step"]
+    assert os.listdir(run / "checkpoints") == [str(best)], p.name
+    assert int(selection.load_predictions(str(run))["step"]) == best
+  text = w.table(str(tmp_path), "ci")
+  rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+          if line.startswith("| ")}
+  for group in ("full,mean", "full,pcgrad", "lora,mean,data-matched", "single-def_pos",
+                "single-relation"):
+    assert rows[group].startswith(f"| {group} | 2 |"), rows[group]
+  for group in ("full,pcgrad", "lora,mean,data-matched"):
+    assert re.search(r"\| [0-9.e-]+ \(128 × 2\) \|", rows[group]), rows[group]
+  assert "(reference)" in rows["full,mean"]
+  assert "## Over seeds" in (tmp_path / "results.md").read_text()

@@ -176,8 +176,8 @@ def seed_table(workdir: str, rows: list[dict[str, Any]], tasks: list[str],
     if extra:
       cells += [extra(g).get(c, "") for c in extra_cols]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", f"Tasks: test accuracy (the first data.num_eval examples per task), mean over seeds ± the half-width "
-            "of the 95% Student-t interval. p: paired test against "
+  lines += ["", "Tasks: test accuracy (the first data.num_eval examples per task), mean over "
+            "seeds ± the half-width of the 95% Student-t interval. p: paired test against "
             f"{reference} per seed ({stats.PAIRED_TEST} on the pooled test examples of all "
             f"tasks), combined over the seeds by {stats.COMBINATION}; (n × k): test "
             "examples per seed × seeds. Seeds are paired by value."]

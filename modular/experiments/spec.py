@@ -84,15 +84,21 @@ class Point(NamedTuple):
     cfg: its full config (validated).
     overrides: the sweep's ``{"config.<key>": value}`` for it (for a ``hyper.named``
       point: its name and scalar-valued keys, the table's columns).
-    group: the name without its seed (the row its seeds are aggregated into).
-    seed: the swept ``config.train.seed``, or None when the sweep has no seed axis.
+  Properties ``group`` (the name without its seed: the row its seeds are aggregated
+  into) and ``seed`` (the swept ``config.train.seed``, None without a seed axis).
   """
 
   name: str
   cfg: ml_collections.ConfigDict
   overrides: dict[str, Any]
-  group: str = ""
-  seed: int | None = None
+
+  @property
+  def seed(self) -> int | None:
+    return self.overrides.get(SEED_KEY)
+
+  @property
+  def group(self) -> str:
+    return re.sub(r"(^|,)seed=[^,]*", "", self.name).strip(",") or "base"
 
 
 BASELINE_PREFIX = "single-"
@@ -143,9 +149,7 @@ def _points(experiment: str, base: ml_collections.ConfigDict, raw: list[dict[str
       config_lib.validate(cfg)
     except ValueError as e:
       raise ValueError(f"{where}: {e}") from None
-    seed = overrides.get(SEED_KEY)
-    group = re.sub(r"(^|,)(seed=[^,]*)", "", name[len(prefix):]).strip(",") or "base"
-    points.append(Point(name, cfg, shown, prefix + group, seed))
+    points.append(Point(name, cfg, shown))
   return points
 
 

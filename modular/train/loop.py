@@ -352,12 +352,12 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
     if on_eval is not None:
       on_eval(start, result)
+  steps_done = end - start
+  elapsed = time.perf_counter() - (t_first or t_start)
   test = None
   if selecting and end == cfg.train.steps:  # the validation-best checkpoint on test, once
     test = _test_best(run, workdir, selection, keep_steps, lead)
     state = test.pop("state")
-  steps_done = end - start
-  elapsed = time.perf_counter() - (t_first or t_start)
   summary = {
       "workdir": os.path.abspath(workdir),
       "start_step": start, "end_step": end, "tasks": tasks,
@@ -396,8 +396,8 @@ def _test_best(run: Run, workdir: str, selection: selection_lib.Selection,
   try:
     state, _, _ = checkpointer.restore(best["step"], run.abstract_state)
     batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size, "test")
-    arrays, sums = selection_lib.predict(run.predict_step, run.eval_step, state["params"],
-                                         batches, lambda b: global_batch(run, b))
+    arrays, sums = selection_lib.predict(run.predict_step, state["params"], batches,
+                                         lambda b: global_batch(run, b))
     test = eval_values(sums, tasks)
     out = {"eval": test, "val": best["eval"], "best_step": best["step"],
            "select_metric": selection.metric}

@@ -95,13 +95,13 @@ def read(workdir: str) -> dict[str, Any] | None:
     return None
 
 
-def predict(predict_step, eval_step, params: Any, batches: dict[str, list[dict]],
+def predict(predict_step, params: Any, batches: dict[str, list[dict]],
             to_global) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """Per-example outputs and summed per-task counts over every batch of a split.
 
   Args:
-    predict_step: jitted ``(params, batch) -> {"correct", "loss", "pred", "valid"}`` [B].
-    eval_step: jitted ``(params, batch) -> per-task sums`` (the loop's).
+    predict_step: jitted ``(params, batch) -> {"correct", "loss", "pred", "valid"}`` [B]
+      and ``"sums"``, the eval step's per-task sums (``step.make_predict_step``).
     params: the parameters.
     batches: ``{task: [batch, ...]}`` (``data.make_eval_batches``).
     to_global: the loop's ``local batch -> global batch``.
@@ -116,7 +116,7 @@ def predict(predict_step, eval_step, params: Any, batches: dict[str, list[dict]]
     for b in task_batches:
       g = to_global(b)
       out = jax.device_get(predict_step(params, g))
-      sums = jax.device_get(eval_step(params, g))
+      sums = out["sums"]
       total = sums if total is None else jax.tree.map(np.add, total, sums)
       keep = np.asarray(out["valid"]) > 0
       for key in ("correct", "loss", "pred"):
