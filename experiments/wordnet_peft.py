@@ -2,47 +2,55 @@
 
   modular-sweep --experiment experiments/wordnet_peft.py --workdir runs/wordnet_peft
   modular-sweep --experiment experiments/wordnet_peft.py:ci --workdir /tmp/wordnet_ci
-  python experiments/wordnet_peft.py runs/wordnet_peft      # the results table
+  python experiments/wordnet_peft.py runs/wordnet_peft      # the protocol table
   python experiments/wordnet_peft.py /tmp/wordnet_ci ci     # that of the :ci sweep
 
 MiniLM (all-MiniLM-L6-v2, imported from its wheel) on the four WordNet tasks
 (``modular.data.builders.wordnet``: definition -> supersense, definition -> part of
 speech, (lemma, example) -> supersense, word pair -> relation), mean-pooled per-task
-classification heads. Six ways to adapt the model:
+classification heads. Ways to adapt the model (``methods()``):
 
   full         full fine-tuning (every imported tensor trains, at 0.05x the heads' rate)
   lora         per-task LoRA (rank 8) on both FFN linears; backbone frozen
   adapters     per-task bottleneck adapters (reduction 8) after attention and FFN
   hyperformer  HyperFormer++: adapters generated per task and layer by a shared
-               hypernetwork; backbone frozen except its LayerNorms
+               hypernetwork; backbone frozen except its LayerNorms (not an arm of the
+               protocol; its points can be added to ``MEAN_ARMS``)
   polytropon   Polytropon: 8 LoRA skills on each FFN, a learned task x skill allocation
   task_moe     task-level MoE upcycled from the pretrained FFN: 4 copies of each
                layer's FFN as experts, a learned top-1 task route; attention frozen
 
-times two multi-task methods (``mtl.method``): the plain mean of the task losses and
-PCGrad, plus four single-task baselines (full fine-tuning on one task) for the Δm
-column (``get_baselines``). The heads always train; the learning rate is 1e-3 for
-whatever trains (the full fine-tuning backbone and the task-MoE experts at 0.05x).
+The protocol (``get_hyper``; every arm x ``SEEDS``, seeds paired by value):
 
-Budget for a 2-core CPU (measured in the README): length 32, batch 16, 300 steps
-(4800 examples: ~1200 per task in a multi-task run, 1.6 epochs of the 3000 training
-examples in a single-task one), one seed, 256 held-out examples per task. A run trains
-for 2 to 4 minutes with the mean and 5 to 15 with PCGrad (one backward pass per task).
-``:ci`` shrinks every run to 4 steps on length 16 and 32 held-out examples per task.
+  compute-matched  every run trains ``train.steps`` steps of batch 16 (a task sees about a
+                   quarter of its single-task baseline's examples): ``MEAN_ARMS`` x mean,
+                   and the surgery methods ``SURGERY`` (PCGrad, CAGrad) on the arms whose
+                   trained parameters are shared by the tasks (``SHARED``: full, Polytropon,
+                   task MoE; with per-task LoRA or adapters and per-task heads PCGrad is
+                   the mean)
+  data-matched     ``DATA_MATCHED`` x mean for T x the steps ("<arm>,mean,data-matched"):
+                   with uniform sampling each task sees as many examples as its baseline
+  baselines        full fine-tuning on one task (``get_baselines``), the reference of Δm
+                   for both budgets
 
-``trainable_parameters(cfg)`` counts what a run trains; ``python
-experiments/wordnet_peft.py runs/wordnet_peft`` prints the README's table (per-task
-accuracy, trainable parameters, Δm on accuracy over the single-task baselines) and
-``python experiments/wordnet_peft.py /tmp/wordnet_ci ci`` that of a ``--arg ci``
-sweep (the argument is the sweep's). When no run of the folder counts as finished
-for the argument given, a line below the table says which argument its run folders
-were made with, if one of ``ARGS`` made them.
+Model selection: 10% of the train synsets are carved into a validation split
+(``data.val_share``, ``modular.data.splits``; no synset in both), evaluated every
+``train.eval_every`` steps; a run keeps only its validation-best checkpoint and measures
+all 500 test examples per task once with it (``predictions.npz``). The table
+(``table``, ``modular.experiments.protocol.seed_table``) reports per point the test
+accuracy over seeds with 95% t-intervals, the test-set bootstrap, Δm with its interval,
+and McNemar's exact test against ``REFERENCE`` (full fine-tuning with the mean) within
+each seed, combined over the seeds by Fisher's method.
+
+``:ci`` shrinks the protocol to two tasks, two seeds, the arms full x {mean, PCGrad} and
+LoRA x mean data-matched (10 runs with the baselines), 4 steps at length 16 (validation on
+2% of the train synsets at steps 2 and 4, test on 64 examples per task).
 
 References:
   Hu et al. 2022 (LoRA); Houlsby et al. 2019 (adapters); Karimi Mahabadi et al. 2021
   (HyperFormer++); Ponti et al. 2022 (Polytropon); Komatsuzaki et al. 2023, "Sparse
-  Upcycling" (MoE experts from a dense checkpoint); Yu et al. 2020 (PCGrad);
-  Maninis et al. 2019 (Δm).
+  Upcycling" (MoE experts from a dense checkpoint); Yu et al. 2020 (PCGrad); Liu et al.
+  2021 (CAGrad); Maninis et al. 2019 (Δm); McNemar 1947; Fisher 1932.
 """
 
 from __future__ import annotations
@@ -53,7 +61,14 @@ from modular.config import get_base_config
 
 CHECKPOINT = "all-MiniLM-L6-v2"
 TASKS = ["def_pos", "def_supersense", "example_supersense", "relation"]
-MTL_METHODS = ("mean", "pcgrad")
+CI_TASKS = ["def_pos", "relation"]
+SEEDS = (0, 1, 2)
+CI_SEEDS = (0, 1)
+MEAN_ARMS = ("full", "lora", "adapters", "polytropon", "task_moe")
+SURGERY = ("pcgrad", "cagrad")
+SHARED = ("full", "polytropon", "task_moe")  # trained parameters shared by the tasks
+DATA_MATCHED = ("full", "lora")
+REFERENCE = "full,mean"  # the arm every other is tested against (results.md too)
 BACKBONE_LR = 0.05  # full fine-tuning and upcycled experts: 5e-5 with the base 1e-3
 IMPORTED = r"^(embed|pos_embed|type_embed|ln_embed/.*|blocks/\d+/.*)$"
 ARGS = (None, "ci")  # the arguments get_config knows
@@ -107,7 +122,8 @@ def get_config(arg=None):
   c.data.wordnet = list(TASKS)
   c.data.tokenizer = CHECKPOINT
   c.data.seq_len = 32
-  c.data.num_eval = 256
+  c.data.num_eval = 500  # the whole test split, measured once per run
+  c.data.val_share = 0.1
   c.data.sampling = "uniform"
   c.model.arch = "encoder"
   c.model.pretrained = CHECKPOINT
@@ -119,34 +135,59 @@ def get_config(arg=None):
   c.train.steps = 300
   c.train.batch_size = 16
   c.train.log_every = 50
-  c.train.eval_every = 300
-  c.train.checkpoint_every = 100
+  c.train.eval_every = 75  # validation at 75, 150, 225, 300
+  c.train.checkpoint_every = 75
   c.train.keep_checkpoints = 1
+  c.train.keep_step0 = False  # only the validation-best checkpoint stays
   c.train.progress = False
   if arg == "ci":
+    c.data.wordnet = list(CI_TASKS)
     c.data.seq_len = 16
-    c.data.num_eval = 32
+    c.data.val_share = 0.02  # about 60 validation examples per task
+    c.data.num_eval = 64
     c.optim.warmup_steps = 1
     c.train.steps = 4
     c.train.log_every = 2
-    c.train.eval_every = 4
-    c.train.checkpoint_every = 4
+    c.train.eval_every = 2
+    c.train.checkpoint_every = 2
   return c
 
 
-def get_hyper(h):
-  """Every method x {mean, pcgrad}, each point named "<method>,<mtl method>".
+def arms(arg=None) -> list[tuple[str, dict]]:
+  """``(name, overrides)`` of every arm of the protocol, cheapest first (docstring)."""
+  cfg = get_config(arg)
+  t = len(cfg.data.wordnet)
+  m = methods()
+  if arg == "ci":
+    out = [("full,mean", {**m["full"], "config.mtl.method": "mean"}),
+           ("full,pcgrad", {**m["full"], "config.mtl.method": "pcgrad"})]
+    data_matched = ("lora",)
+  else:
+    out = [(f"{a},mean", {**m[a], "config.mtl.method": "mean"}) for a in MEAN_ARMS]
+    out += [(f"{a},{s}", {**m[a], "config.mtl.method": s}) for s in SURGERY for a in SHARED]
+    data_matched = DATA_MATCHED
+  for a in data_matched:  # T x the steps (and cadences): each task sees its baseline's data
+    out.append((f"{a},mean,data-matched", {
+        **m[a], "config.mtl.method": "mean", "config.train.steps": t * cfg.train.steps,
+        "config.train.eval_every": t * cfg.train.eval_every,
+        "config.train.checkpoint_every": t * cfg.train.checkpoint_every}))
+  return out
 
-  The cheaper mean runs come first, so a partial table already compares the methods.
-  """
-  return [h.named(f"{name},{mtl}", {**overrides, "config.mtl.method": mtl})
-          for mtl in MTL_METHODS for name, overrides in methods().items()]
+
+def get_hyper(h, arg=None):
+  """Every arm x seed, each point named "<arm>,seed=<s>"; seed 0 of every arm first."""
+  seeds = CI_SEEDS if arg == "ci" else SEEDS
+  return [p for s in seeds
+          for p in h.seeds([h.named(name, o) for name, o in arms(arg)], [s])]
 
 
-def get_baselines(h):
-  """Full fine-tuning on one task at a time (the reference of Δm)."""
-  return [h.named(task, {**methods()["full"], "config.data.wordnet": [task]})
-          for task in TASKS]
+def get_baselines(h, arg=None):
+  """Full fine-tuning on one task at a time x seed (the reference of Δm)."""
+  seeds = CI_SEEDS if arg == "ci" else SEEDS
+  tasks = get_config(arg).data.wordnet
+  return [p for s in seeds for p in h.seeds(
+      [h.named(task, {**methods()["full"], "config.data.wordnet": [task]}) for task in tasks],
+      [s])]
 
 
 def trainable_parameters(cfg) -> int:
@@ -174,52 +215,62 @@ def trainable_parameters(cfg) -> int:
 
 
 def table(workdir: str, arg: str | None = None) -> str:
-  """The README's table from a sweep folder (finished runs; the others stay empty).
+  """The protocol table from a sweep folder (finished runs; the others count as missing).
 
-  One row per point and baseline: per-task held-out accuracy (the run's
-  ``summary.json``), their mean, the trainable parameter count and Δm over the
-  single-task baselines on accuracy (percent, ``modular.experiments.delta_m``; the
-  sweep's own ``delta_m`` column also averages the loss). A run counts once it reached
-  its last step, whichever process trained it.
+  One row per arm and baseline, its seeds aggregated (``protocol.seed_table``: test
+  accuracy over seeds with 95% t-intervals, the test-set bootstrap, Δm on accuracy with
+  its interval, McNemar's exact test against ``REFERENCE`` combined over seeds by
+  Fisher's method), with the trainable parameter count and the mean wall time of a run
+  (training steps / ``steps_per_s`` + compile, from ``summary.json``). A run counts once
+  it reached its last step, whichever process trained it.
 
   Args:
     workdir: the ``modular-sweep`` folder of this experiment.
     arg: the experiment argument the sweep was run with (``--arg ci``: "ci").
 
   Returns:
-    A Markdown table; when no row is finished but run folders exist, one more line
-    below it says what made them (``made_with``).
+    A Markdown table and its notes; when no run is finished but run folders exist,
+    one more line says what made them (``made_with``).
 
   Raises:
     ValueError: an argument not in ``ARGS``.
   """
+  import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  from modular.experiments import delta_m, expand, expand_baselines  # pylint: disable=g-import-not-at-top
+  from modular.experiments import expand, expand_baselines  # pylint: disable=g-import-not-at-top
+  from modular.experiments import protocol  # pylint: disable=g-import-not-at-top
   from modular.experiments.results import finished_summary  # pylint: disable=g-import-not-at-top
   points, baselines = expand(__file__, arg), expand_baselines(__file__, arg)
-  acc = {}
+  rows, walls, cfgs = [], {}, {}
+  base_names = {p.name for p in baselines}
   for p in points + baselines:
     summary = finished_summary(os.path.join(workdir, p.name), p.cfg)
-    acc[p.name] = summary["eval"]["accuracy"] if summary else None
-  single = {"accuracy": {t: v for p in baselines if acc[p.name] for t, v in acc[p.name].items()}}
-  lines = ["| run | " + " | ".join(TASKS) + " | mean | trainable params | Δm (acc, %) |",
-           "|---" * (len(TASKS) + 4) + "|"]
-  for p in points + baselines:
-    got = acc[p.name] or {}
-    cells = [f"{got[t]:.3f}" if t in got else "" for t in TASKS]
-    is_point = p in points
-    mean = f"{sum(got.values()) / len(got):.3f}" if got and is_point else ""
-    dm = ""
-    if got and is_point and single["accuracy"]:
-      dm = f"{delta_m({'accuracy': got}, single, ('accuracy',)):+.1f}"
-    name = p.name if acc[p.name] else f"{p.name} (not run)"
-    lines.append(f"| {name} | " + " | ".join(cells) +
-                 f" | {mean} | {trainable_parameters(p.cfg):,} | {dm} |")
-  if not any(acc.values()):
+    rows.append({"name": p.name, "group": p.group, "seed": p.seed, "baseline": p.name in base_names,
+                 "status": "finished" if summary else "missing",
+                 "eval": summary["eval"] if summary else {}})
+    cfgs.setdefault(p.group, p.cfg)
+    if summary and summary.get("steps_per_s"):
+      walls.setdefault(p.group, []).append(
+          (p.cfg.train.steps / summary["steps_per_s"] + (summary.get("compile_s") or 0)) / 60)
+
+  counted: dict[str, int] = {}  # arms that differ only in method or steps count once
+
+  def extra(group: str) -> dict[str, str]:
+    c = cfgs[group]
+    key = json.dumps([c.model.to_dict(), c.optim.to_dict(), list(c.data.wordnet)],
+                     sort_keys=True, default=str)
+    if key not in counted:
+      counted[key] = trainable_parameters(c)
+    w = walls.get(group)
+    return {"trainable params": f"{counted[key]:,}",
+            "min/run": f"{sum(w) / len(w):.1f}" if w else ""}
+
+  text = protocol.seed_table(workdir, rows, get_config(arg).data.wordnet, REFERENCE, extra)
+  if not any(r["status"] == "finished" for r in rows):
     note = made_with(workdir, arg)
     if note:
-      lines += ["", note]
-  return "\n".join(lines)
+      text += "\n\n" + note
+  return text
 
 
 def made_with(workdir: str, arg: str | None = None) -> str | None:

@@ -122,6 +122,10 @@ def default_train_config() -> ml_collections.ConfigDict:
   c.eval_every = 250
   c.checkpoint_every = 250
   c.keep_checkpoints = 3
+  # With data.val_share > 0: the metric (mean over tasks, on validation) that picks the
+  # checkpoint measured on test and kept ("accuracy", "seq_accuracy" or "loss";
+  # modular/train/selection.py).
+  c.select_metric = "accuracy"
   # Save the initial parameters as step 0 and never delete them: the untrained control
   # that modular-analyze reports beside the trained model.
   c.keep_step0 = True
@@ -247,6 +251,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None) -> 
               "keep_checkpoints"):
     _require(isinstance(t[key], int) and t[key] > 0, f"train.{key}",
              f"must be a positive int, got {t[key]!r}")
+  _require(t.get("select_metric", "accuracy") in ("accuracy", "seq_accuracy", "loss"),
+           "train.select_metric",
+           f"unknown {t.get('select_metric')!r}; known: accuracy, seq_accuracy, loss")
   _require(isinstance(t.microbatches, int) and t.microbatches >= 1, "train.microbatches",
            f"must be a positive int, got {t.microbatches!r}")
   _require(t.batch_size % t.microbatches == 0, "train.microbatches",

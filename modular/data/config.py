@@ -16,6 +16,11 @@ Fields (``default_data_config()``):
   num_train_by_task  ""  per-task exceptions to num_train: "copy:4000,sort:500"
                     (tasks of different sizes, so the sampling choice matters)
   num_eval     256  held-out ('test' split) examples per task for evaluation
+  val_share    0.0  share of every task's train split carved into a validation
+                    split (``modular.data.splits``: by synset for WordNet); > 0:
+                    periodic evaluation is on the whole validation split, the run
+                    keeps its validation-best checkpoint and measures the test split
+                    (num_eval examples per task) once with it (``train.select_metric``)
   sampling     "proportional" | "uniform" | "temperature" | "explicit"
   temperature  2.0  p_t proportional to n_t ** (1 / temperature)
   weights      ""   per-task weights for sampling="explicit": "copy:2,sort:1",
@@ -68,6 +73,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       num_train=5000,
       num_train_by_task="",
       num_eval=256,
+      val_share=0.0,
       sampling="proportional",
       temperature=2.0,
       weights="",
@@ -223,6 +229,9 @@ def validate_data_config(cfg: Any) -> None:
   for key, low in (("n_symbols", 2), ("min_len", 1), ("max_len", 1), ("seq_len", 2),
                    ("num_train", 1), ("num_eval", 1), ("seed", 0), ("data_seed", 0)):
     _check_int(cfg, key, low)
+  share = cfg.val_share
+  if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 0.5:
+    raise _error("val_share", f"expected a number in [0, 0.5], got {share!r}")
   if cfg.max_len < cfg.min_len:
     raise _error("max_len", f"max_len={cfg.max_len} < min_len={cfg.min_len}")
   if not isinstance(cfg.data_dir, str):

@@ -202,10 +202,11 @@ def make_train_iterator(cfg: Any, batch_size: int, *, shard_index: int = 0,
   return iter(ds)
 
 
-def make_eval_batches(cfg: Any, batch_size: int) -> dict[str, list[dict[str, np.ndarray]]]:
-  """Held-out batches per task from the 'test' split, in a fixed order.
+def make_eval_batches(cfg: Any, batch_size: int, split: str = "test",
+                      limit: int | None = -1) -> dict[str, list[dict[str, np.ndarray]]]:
+  """Held-out batches per task from one split, in a fixed order.
 
-  Each task contributes its first ``cfg.num_eval`` test examples (fewer if the
+  Each task contributes the first ``limit`` examples of ``split`` (fewer if the
   split is smaller). The last batch of a task is padded to ``batch_size`` with
   rows whose mask is all zero (``padding_example``), so every batch has the
   same shape and mask-weighted metrics are exact; a row with ``mask.sum() == 0``
@@ -215,17 +216,26 @@ def make_eval_batches(cfg: Any, batch_size: int) -> dict[str, list[dict[str, np.
   Args:
     cfg: the data config.
     batch_size: rows per batch.
+    split: "test", or "val" (needs ``cfg.val_share > 0``).
+    limit: examples per task: -1 (default) ``cfg.num_eval``; None: the whole split.
 
   Returns:
     ``{task_name: [batch, ...]}`` in task-id order.
+
+  Raises:
+    ValueError: ``split`` is "val" but the config carves no validation split.
   """
+  if split == "val" and not cfg.val_share > 0:
+    raise ValueError(f"config.data.val_share: {cfg.val_share} carves no 'val' split; "
+                     "set it > 0 to evaluate on validation")
   all_sources = sources_lib.build_task_sources(cfg)
   classification = classification_lib.is_classification(cfg)
   pad = classification_lib.padding_example if classification else padding_example
   out: dict[str, list[dict[str, np.ndarray]]] = {}
   for t, name in enumerate(config_lib.task_names(cfg)):
-    source = all_sources[name]["test"]
-    n = min(cfg.num_eval, len(source))
+    source = all_sources[name][split]
+    n = len(source) if limit is None else min(cfg.num_eval if limit == -1 else limit,
+                                              len(source))
     rows = [_encode_record(source[i], t, name, cfg.seq_len, cfg.n_symbols,
                            config_lib.prompt_width(cfg), classification) for i in range(n)]
     batches = []

@@ -26,6 +26,7 @@ from modular import filelock
 from modular.data import classification as classification_lib
 from modular.data import config as config_lib
 from modular.data import external as external_lib
+from modular.data import splits as splits_lib
 from modular.data.builders.algorithmic import AlgorithmicTasks
 from modular.data.builders.algorithmic import make_config
 
@@ -134,7 +135,9 @@ def build_task_sources(cfg: Any) -> dict[str, dict[str, Source]]:
     ``{task_name: {"train": source, "test": source}}`` in task-id order. A
     built-in task's "test" split has ``cfg.num_eval`` examples; an external
     task's "test" is its ``eval_split`` and its "train" is capped at its
-    ``num_train`` (when > 0).
+    ``num_train`` (when > 0). With ``cfg.val_share > 0`` each task also has a
+    "val" split carved from its train split (``modular.data.splits``), and "train"
+    is what remains.
   """
   config_lib.validate_data_config(cfg)
   out: dict[str, dict[str, Source]] = {}
@@ -145,6 +148,11 @@ def build_task_sources(cfg: Any) -> dict[str, dict[str, Source]]:
   for name in classification_lib.wordnet_task_names(cfg):
     splits = _prepare(classification_lib.builder, cfg, name, config_lib.data_dir(cfg))
     out[name] = {"train": MemoizedSource(splits["train"]), "test": splits["test"]}
+  share = float(cfg.get("val_share", 0.0) or 0.0)
+  if share > 0:
+    wordnet = set(classification_lib.wordnet_task_names(cfg))
+    for name, splits in out.items():
+      splits.update(splits_lib.split_task(name, splits["train"], share, name in wordnet))
   return out
 
 

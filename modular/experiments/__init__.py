@@ -15,6 +15,16 @@ Single-task baselines (for the Δm column) are declared the same way, by an opti
   def get_baselines(h):
     return h.sweep("config.data.tasks", [["copy"], ["reverse"]])
 
+Seeds are a declared axis: ``h.seeds(points, [0, 1, 2])`` repeats every point per seed
+(``config.train.seed`` and ``config.data.seed``; folders ``<name>,seed=<s>``), and
+``results.md`` then adds a table over seeds (``protocol.seed_table``): per point the mean
+and 95% t-interval over seeds, the test-set bootstrap, Δm with its interval and a paired
+test (McNemar exact per seed, Fisher over seeds) against the experiment's ``REFERENCE``
+point. With ``config.data.val_share > 0`` every run selects its checkpoint on a
+validation split and reports test metrics measured once with it
+(``modular.train.selection``). ``get_hyper(h, arg)`` and ``get_baselines(h, arg)`` may
+take the experiment argument as a second parameter.
+
 Baselines run in the same sweep (folders ``single-<name>``); a multi-task row's
 Δm (percent, Maninis et al. 2019) compares its per-task accuracy and loss with
 the mean of the baselines that trained that task.

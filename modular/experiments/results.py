@@ -2,7 +2,10 @@
 
 Rows hold each run's final per-task evaluation; a failed run keeps its row with
 status ``failed`` and its error below the table; a run not finished yet (a
-partial table written while others still train) has status ``pending``.
+partial table written while others still train) has status ``pending``. A sweep
+with a seed axis (``hyper.seeds``) gets a second table in ``results.md``, its seeds
+aggregated per point (``protocol.seed_table``: intervals over seeds, the test-set
+bootstrap, Δm with its interval, a paired test against a reference point).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 from typing import Any
 
 import ml_collections
+
+from modular.experiments.spec import DATA_SEED_KEY, SEED_KEY
 
 METRICS = ("accuracy", "seq_accuracy", "loss")
 # (-1)^{l_t}: +1 where higher is better, -1 where lower is better.
@@ -96,7 +101,8 @@ def results_table(rows: list[dict[str, Any]], tasks: list[str]
     The header and one line per row; a missing value is an empty cell. The ``delta_m``
     column (percent) is there only when some row is a baseline.
   """
-  keys = sorted({k for r in rows for k in r["point"]})
+  keys = sorted({k for r in rows for k in r["point"]
+                 if not (k == DATA_SEED_KEY and r["point"].get(SEED_KEY) == r["point"][k])})
   has_baselines = any(r.get("baseline") for r in rows)
   header = ["run"] + [k.split(".")[-1] for k in keys] + ["status"]
   for metric in METRICS:
@@ -124,8 +130,17 @@ def _text(v: Any) -> Any:
   return "+".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
-def write_results(workdir: str, rows: list[dict[str, Any]], tasks: list[str]) -> str:
-  """Writes ``results.csv`` and ``results.md`` (atomically); returns the Markdown."""
+def write_results(workdir: str, rows: list[dict[str, Any]], tasks: list[str],
+                  reference: str | None = None) -> str:
+  """Writes ``results.csv`` and ``results.md`` (atomically); returns the Markdown.
+
+  Args:
+    workdir: the sweep folder.
+    rows: the sweep's rows (``results_table``; with ``group`` and ``seed`` per run).
+    tasks: the multi-task runs' tasks.
+    reference: the point the seed table tests every other point against (default:
+      the first).
+  """
   header, table = results_table(rows, tasks)
   os.makedirs(workdir, exist_ok=True)
   tmp = os.path.join(workdir, "results.csv.tmp")
@@ -140,6 +155,9 @@ def write_results(workdir: str, rows: list[dict[str, Any]], tasks: list[str]) ->
   failed = [r for r in rows if r["status"] == "failed"]
   if failed:
     md += ["", "Failed runs:"] + [f"- {r['name']}: {r['error']}" for r in failed]
+  if any(r.get("seed") is not None for r in rows):
+    from modular.experiments import protocol  # pylint: disable=g-import-not-at-top
+    md += ["", "## Over seeds", "", protocol.seed_table(workdir, rows, tasks, reference)]
   text = "\n".join(md)
   tmp = os.path.join(workdir, "results.md.tmp")
   with open(tmp, "w") as f:

@@ -10,6 +10,7 @@ another ``--arg`` or ``--config.x`` stops before it changes anything.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
 import os
 import re
@@ -48,6 +49,24 @@ class hyper:  # noqa: N801 - used as a namespace, like big_vision's
     return [d for lst in lists for d in lst]
 
   @staticmethod
+  def seeds(points: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """Every point once per seed: the sweep's seed axis, aggregated in ``results.md``.
+
+    A seed sets ``config.train.seed`` (initialization, dropout) and ``config.data.seed``
+    (shuffling and mixture sampling); the validation split does not move with it
+    (``modular.data.splits``). A named point's name gets ``,seed=<s>``; the point
+    without it is the row that ``results.md`` aggregates the seeds into.
+    """
+    out = []
+    for point in points:
+      for seed in seeds:
+        q = {**point, SEED_KEY: seed, DATA_SEED_KEY: seed}
+        if NAME_KEY in point:
+          q[NAME_KEY] = f"{point[NAME_KEY]},seed={seed}"
+        out.append(q)
+    return out
+
+  @staticmethod
   def named(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """One point that sets several keys under a short name (its folder and table row).
 
@@ -65,23 +84,36 @@ class Point(NamedTuple):
     cfg: its full config (validated).
     overrides: the sweep's ``{"config.<key>": value}`` for it (for a ``hyper.named``
       point: its name and scalar-valued keys, the table's columns).
+  Properties ``group`` (the name without its seed: the row its seeds are aggregated
+  into) and ``seed`` (the swept ``config.train.seed``, None without a seed axis).
   """
 
   name: str
   cfg: ml_collections.ConfigDict
   overrides: dict[str, Any]
 
+  @property
+  def seed(self) -> int | None:
+    return self.overrides.get(SEED_KEY)
+
+  @property
+  def group(self) -> str:
+    return re.sub(r"(^|,)seed=[^,]*", "", self.name).strip(",") or "base"
+
 
 BASELINE_PREFIX = "single-"
 # A point's optional short name (folder and table row): {"name": "lora", "config.x": ...}.
 NAME_KEY = "name"
+SEED_KEY = "config.train.seed"  # the seed axis (hyper.seeds)
+DATA_SEED_KEY = "config.data.seed"
 
 
 def run_name(overrides: dict[str, Any]) -> str:
   """A folder name from the overrides: "sampling=uniform,seed=0" (lists joined by '+')."""
   def text(v: Any) -> str:
     return "+".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
-  parts = [f"{k.split('.')[-1]}={text(v)}" for k, v in overrides.items()]
+  parts = [f"{k.split('.')[-1]}={text(v)}" for k, v in overrides.items()
+           if not (k == DATA_SEED_KEY and overrides.get(SEED_KEY) == v)]  # hyper.seeds
   name = ",".join(parts) or "base"
   return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
 
@@ -143,7 +175,7 @@ def expand(experiment: str, arg: str | None = None,
   module = load_experiment(experiment)
   if not hasattr(module, "get_hyper"):
     raise ValueError(f"{experiment} defines no get_hyper(hyper)")
-  points = _points(experiment, base, module.get_hyper(hyper), "get_hyper", "")
+  points = _points(experiment, base, _declared(module.get_hyper, arg), "get_hyper", "")
   _check_unique(experiment, points)
   return points
 
@@ -164,7 +196,7 @@ def expand_baselines(experiment: str, arg: str | None = None,
   base = load_config_file(experiment, arg, flag="--experiment")
   for k, v in (overrides or {}).items():
     apply_override(base, k, v)
-  points = _points(experiment, base, module.get_baselines(hyper), "get_baselines",
+  points = _points(experiment, base, _declared(module.get_baselines, arg), "get_baselines",
                    BASELINE_PREFIX)
   for p in points:
     tasks = data_lib.task_names(p.cfg.data)
@@ -173,6 +205,13 @@ def expand_baselines(experiment: str, arg: str | None = None,
                        f"a single-task baseline trains one task, not {len(tasks)} ({tasks})")
   _check_unique(experiment, points)
   return points
+
+
+def _declared(fn, arg: str | None) -> list[dict[str, Any]]:
+  """``fn(hyper)``, or ``fn(hyper, arg)`` for a ``get_hyper(h, arg)`` that takes the argument."""
+  if len(inspect.signature(fn).parameters) >= 2:
+    return fn(hyper, arg)
+  return fn(hyper)
 
 
 def _check_unique(experiment: str, points: list[Point]) -> None:

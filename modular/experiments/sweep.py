@@ -44,7 +44,8 @@ def prepare_data(points: list[spec_lib.Point]) -> int:
 
 def _row(point: spec_lib.Point, baseline: bool) -> dict[str, Any]:
   return {"name": point.name, "point": point.overrides, "status": "pending", "eval": {},
-          "baseline": baseline, "error": None, "tasks": data_lib.task_names(point.cfg.data)}
+          "baseline": baseline, "error": None, "tasks": data_lib.task_names(point.cfg.data),
+          "group": point.group, "seed": point.seed}
 
 
 def run_sweep(experiment: str, workdir: str, *, arg: str | None = None,
@@ -83,8 +84,10 @@ def run_sweep(experiment: str, workdir: str, *, arg: str | None = None,
   rows = {p.name: _row(p, p.name in baseline_names) for p in everything}
   tasks = rows[points[0].name]["tasks"] if points else []
 
+  reference = getattr(spec_lib.load_experiment(experiment), "REFERENCE", None)
+
   def write() -> str:
-    return results_lib.write_results(workdir, [rows[n] for n in names], tasks)
+    return results_lib.write_results(workdir, [rows[n] for n in names], tasks, reference)
 
   pending = []
   for p in everything:

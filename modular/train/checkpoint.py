@@ -8,7 +8,9 @@ Layout of a run's workdir:
                              host resumes from its own positions
   checkpoints/<step>/meta    the step, the task names, the last routing statistics (JSON)
 
-Saving is asynchronous and keeps the last N steps; orbax writes each step to a
+Saving is asynchronous and keeps the last N steps (with ``best=True``: the latest
+and ``best_step``, the validation-best step that ``modular.train.selection`` keeps
+in ``selection.json``; the loop deletes all but the best once the run is done); orbax writes each step to a
 temporary folder and renames it when complete, so a run killed mid-save leaves the
 earlier checkpoints intact. A checkpoint that fails to restore, or whose parameters
 are not finite, or whose arrays do not match the integrity fingerprints saved with
@@ -50,14 +52,19 @@ class Checkpointer:
     keep: how many recent checkpoints to keep.
     async_save: save in a background thread.
     keep_steps: steps never deleted (step 0: the untrained control for analysis).
+    best: keep the newest checkpoint (to resume from) and ``best_step`` (set it before
+      each save), instead of the last ``keep``.
   """
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True,
-               keep_steps: tuple[int, ...] = ()):
+               keep_steps: tuple[int, ...] = (), best: bool = False):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-        ocp.checkpoint_managers.LatestN(keep),
-        ocp.checkpoint_managers.CustomSteps(list(keep_steps))])
+    policies = [ocp.checkpoint_managers.LatestN(1 if best else keep),
+                ocp.checkpoint_managers.CustomSteps(list(keep_steps))]
+    self.best_step: int | None = None
+    if best:
+      policies.append(_KeepBest(self))
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(policies)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -86,6 +93,11 @@ class Checkpointer:
         state=ocp.args.StandardSave(state),
         data=grain_ckpt.CheckpointSave(_StateSnapshot(data_state)),
         meta=ocp.args.JsonSave(meta)))
+
+  def delete(self, step: int) -> None:
+    """Deletes the checkpoint of ``step`` (pending saves are finished first)."""
+    self.manager.wait_until_finished()
+    self.manager.delete(step)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any, dict]:
     """Restores (state, data_state, meta) at ``step``.
@@ -133,6 +145,17 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class _KeepBest:
+  """An orbax preservation policy: keep the checkpoint of ``owner.best_step``."""
+
+  def __init__(self, owner: Checkpointer):
+    self.owner = owner
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [c.step == self.owner.best_step for c in checkpoints]
 
 
 class _StateSnapshot:

@@ -4,7 +4,10 @@
 optimizer and the multi-task method named in the config, resumes from the newest
 checkpoint in ``workdir`` if there is one, and trains with a progress bar
 (steps/s, ETA), TensorBoard metrics, periodic per-task evaluation and asynchronous
-checkpoints. It names no router and no surgery method: the config does.
+checkpoints. It names no router and no surgery method: the config does. With
+``data.val_share > 0`` the periodic evaluation is on validation, and the run ends by
+measuring the test split once with its validation-best checkpoint, the only one it
+keeps (``modular.train.selection``).
 
 On simulated CPU devices every step's result is waited for (jax-ml/jax#25861:
 back-to-back sharded steps can deadlock in CPU collectives on few cores).
@@ -13,6 +16,7 @@ back-to-back sharded steps can deadlock in CPU collectives on few cores).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable
@@ -34,12 +38,14 @@ from modular.objective import FunctionalModel
 from modular.train import checkpoint as ckpt_lib
 from modular.train import logs as log_lib
 from modular.train import resume as resume_lib
+from modular.train import selection as selection_lib
 from modular.train import sharding as sharding_lib
 from modular.train.batches import to_global, validate_batch
-from modular.train.metrics import MetricsWriter
+from modular.train.metrics import MetricsWriter, eval_values
 from modular.train.optimizer import make_optimizer
 from modular.train.partition import Partition
-from modular.train.step import init_state, make_eval_step, make_train_step, with_nonfinite_guard
+from modular.train.step import (init_state, make_eval_step, make_predict_step, make_train_step,
+                                with_nonfinite_guard)
 from modular.train.warm_start import warm_start
 
 
@@ -59,6 +65,7 @@ class Run:
     train_step: jitted ``(state, batch) -> (state, metrics)``.
     eval_step: jitted ``(params, batch) -> per-task sums``.
     batch_sharding: sharding of a global batch.
+    predict_step: jitted ``(params, batch) -> per-example outputs`` (the final test).
   """
 
   cfg: ml_collections.ConfigDict
@@ -73,6 +80,7 @@ class Run:
   train_step: Callable
   eval_step: Callable
   batch_sharding: NamedSharding
+  predict_step: Callable | None = None
 
 
 def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
@@ -110,8 +118,10 @@ def setup(cfg: ml_collections.ConfigDict, devices=None) -> Run:
                        donate_argnums=0)
   eval_step = jax.jit(make_eval_step(fm), in_shardings=(param_sh, batch_sh),
                       out_shardings=repl)
+  predict_step = jax.jit(make_predict_step(fm), in_shardings=(param_sh, batch_sh),
+                         out_shardings=repl)
   return Run(cfg, mesh, fm, tx, schedule, method, state_sh, abstract, init, train_step,
-             eval_step, batch_sh)
+             eval_step, batch_sh, predict_step)
 
 
 def global_batch(run: Run, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -249,9 +259,13 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   if os.path.exists(config_path):
     resume_lib.check_same_run(ckpt_lib.load_config(workdir), cfg, workdir)
   tasks = data_lib.task_names(cfg.data)
+  selecting = cfg.data.val_share > 0
+  keep_steps = (0,) if cfg.train.keep_step0 else ()
   checkpointer = ckpt_lib.Checkpointer(workdir, cfg.train.keep_checkpoints,
-                                       cfg.train.async_checkpoint,
-                                       (0,) if cfg.train.keep_step0 else ())
+                                       cfg.train.async_checkpoint, keep_steps, best=selecting)
+  if selecting and (selection_lib.read(workdir) or {}).get("done"):
+    checkpointer.close()
+    return _finished(run, workdir, keep_steps)
   n_proc = jax.process_count()
   iterator = data_lib.make_train_iterator(cfg.data, cfg.train.batch_size // n_proc,
                                           shard_index=jax.process_index(), shard_count=n_proc)
@@ -276,7 +290,13 @@ def _train(run: Run, workdir: str, stop_at: int | None,
   if start == 0 and cfg.train.keep_step0 and 0 not in checkpointer.all_steps():
     # the untrained control of modular-analyze
     checkpointer.save(0, state, iterator.get_state(), {"step": 0, "tasks": tasks})
-  eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size)
+  eval_batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size,
+                                            "val" if selecting else "test",
+                                            None if selecting else -1)
+  selection = selection_lib.Selection(workdir, cfg.train.select_metric, start) \
+      if selecting else None
+  if selection is not None and selection.history:
+    checkpointer.best_step = selection.best()["step"]
   writer = MetricsWriter(workdir, tasks, enabled=lead)
   log_lib.prime(writer, workdir, start)
   watch = NonfiniteWatch(cfg.train.on_nonfinite, cfg.train.max_consecutive_skips, workdir)
@@ -301,7 +321,8 @@ def _train(run: Run, workdir: str, stop_at: int | None,
       window.append((step, metrics))
       do_log = step % cfg.train.log_every == 0 or step == end
       do_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps
-      do_save = step % cfg.train.checkpoint_every == 0 or step == end
+      do_save = step % cfg.train.checkpoint_every == 0 or step == end or (
+          selecting and do_eval)
       if do_log or do_eval or do_save:  # read the flags before anything is written
         new = window[checked:]
         watch.observe([s for s, _ in new], jax.device_get([m["nonfinite"] for _, m in new]))
@@ -313,6 +334,10 @@ def _train(run: Run, workdir: str, stop_at: int | None,
           _report(progress, cfg, step, mean, t_first)
       if do_eval:
         result = writer.write_eval(step, evaluate(run, state["params"], eval_batches))
+        if selection is not None:  # written before the checkpoint that it may keep
+          checkpointer.best_step = selection.record(step, result)
+          if lead:
+            selection.write()
         if on_eval is not None:
           on_eval(step, result)
       if do_save:
@@ -324,12 +349,16 @@ def _train(run: Run, workdir: str, stop_at: int | None,
     checkpointer.close()  # finishes pending saves (good ones) even when a step failed
     if progress is not None:
       progress.close()
-  if start == end and start > 0 and not writer.last_eval:  # finished and re-launched
+  if start == end and start > 0 and not writer.last_eval and not selecting:
     result = writer.write_eval(start, evaluate(run, state["params"], eval_batches))
     if on_eval is not None:
       on_eval(start, result)
   steps_done = end - start
   elapsed = time.perf_counter() - (t_first or t_start)
+  test = None
+  if selecting and end == cfg.train.steps:  # the validation-best checkpoint on test, once
+    test = _test_best(run, workdir, selection, keep_steps, lead)
+    state = test.pop("state")
   summary = {
       "workdir": os.path.abspath(workdir),
       "start_step": start, "end_step": end, "tasks": tasks,
@@ -340,12 +369,83 @@ def _train(run: Run, workdir: str, stop_at: int | None,
       "train": {k: np.asarray(v).tolist() for k, v in writer.last_train.items()
                 if k.startswith("task/")},
   }
+  if test is not None:
+    summary.update(test)
   if lead:
     summary = log_lib.write_summary(workdir, summary, trained=steps_done > 0)
     if stop_at is None or end == cfg.train.steps:
       print(writer.summary_table(), flush=True)
   writer.close()
   summary["state"] = state
+  return summary
+
+
+def _test_best(run: Run, workdir: str, selection: selection_lib.Selection,
+               keep_steps: tuple[int, ...], lead: bool) -> dict[str, Any]:
+  """Steps 1-4 of ``modular.train.selection``: the best checkpoint measured on test.
+
+  Returns:
+    ``{"eval": test metrics, "val": the best step's validation metrics, "best_step",
+    "select_metric", "state": the best checkpoint's state}``.
+  """
+  cfg = run.cfg
+  tasks = data_lib.task_names(cfg.data)
+  best = selection.best()
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep_steps=keep_steps, async_save=False,
+                                       best=True)
+  checkpointer.best_step = best["step"]
+  try:
+    state, _, _ = checkpointer.restore(best["step"], run.abstract_state)
+    batches = data_lib.make_eval_batches(cfg.data, cfg.train.batch_size, "test")
+    arrays, sums = selection_lib.predict(run.predict_step, state["params"], batches,
+                                         lambda b: global_batch(run, b))
+    test = eval_values(sums, tasks)
+    out = {"eval": test, "val": best["eval"], "best_step": best["step"],
+           "select_metric": selection.metric}
+    if lead:
+      selection_lib.save_predictions(workdir, arrays, best["step"])
+      selection.write(done=True, steps=cfg.train.steps, test=test)
+      log_lib.write_summary(workdir, _json_summary(workdir, out), trained=True)
+      selection_lib.prune(checkpointer, best["step"], keep_steps)
+  finally:
+    checkpointer.close()
+  return {**out, "state": state}
+
+
+def _json_summary(workdir: str, out: dict[str, Any]) -> dict[str, Any]:
+  """The saved summary with the test result merged in (written before pruning)."""
+  path = os.path.join(workdir, "summary.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    saved = {"workdir": os.path.abspath(workdir)}
+  return {**saved, **out}
+
+
+def _finished(run: Run, workdir: str, keep_steps: tuple[int, ...]) -> dict[str, Any]:
+  """A finished selection run launched again: its saved summary and best state.
+
+  Raises:
+    ValueError: ``train.steps`` differs from the finished run's (its last checkpoint is
+      gone: only the validation-best one is kept).
+  """
+  saved = selection_lib.read(workdir)
+  if saved.get("steps") != run.cfg.train.steps:
+    raise ValueError(f"config.train.steps: {run.cfg.train.steps} differs from the finished "
+                     f"run in {workdir} ({saved.get('steps')} steps), which kept only its "
+                     "validation-best checkpoint: use a new --workdir to train longer")
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep_steps=keep_steps, async_save=False,
+                                       best=True)
+  checkpointer.best_step = saved["best_step"]
+  try:
+    if jax.process_index() == 0:
+      selection_lib.prune(checkpointer, saved["best_step"], keep_steps)
+    summary["state"], _, _ = checkpointer.restore(saved["best_step"], run.abstract_state)
+  finally:
+    checkpointer.close()
   return summary
 
 

@@ -108,12 +108,7 @@ class MetricsWriter:
 
   def write_eval(self, step: int, sums: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Logs evaluation from summed per-task counts; returns {metric: {task: value}}."""
-    tokens = np.maximum(sums["tokens"], 1.0)
-    examples = np.maximum(sums["examples"], 1.0)
-    values = {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens,
-              "seq_accuracy": sums["seq_right"] / examples}
-    result = {m: {t: float(v[i]) for i, t in enumerate(self.task_names)}
-              for m, v in values.items()}
+    result = eval_values(sums, self.task_names)
     self.last_eval = result
     if self.enabled:
       if self.tb is not None:
@@ -150,3 +145,13 @@ class MetricsWriter:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+def eval_values(sums: dict[str, np.ndarray], task_names: list[str]
+                ) -> dict[str, dict[str, float]]:
+  """``{metric: {task: value}}`` from an evaluation's summed per-task counts [T]."""
+  tokens = np.maximum(sums["tokens"], 1.0)
+  examples = np.maximum(sums["examples"], 1.0)
+  values = {"loss": sums["loss_sum"] / tokens, "accuracy": sums["correct"] / tokens,
+            "seq_accuracy": sums["seq_right"] / examples}
+  return {m: {t: float(v[i]) for i, t in enumerate(task_names)} for m, v in values.items()}

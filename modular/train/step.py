@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import optax
 
 from modular import mtl as mtl_lib
-from modular.objective import FunctionalModel, per_task_metrics, task_loss_vector, tasks_present
+from modular.objective import (FunctionalModel, example_losses, example_weights, is_classification,
+                               per_task_metrics, task_loss_vector, tasks_present)
 from modular.train import microbatch
 from modular.train.partition import Partition
 
@@ -180,16 +181,47 @@ def make_eval_step(fm: FunctionalModel) -> Callable[[Any, dict], dict]:
 
   def eval_step(params, batch):
     logits, _ = fm.apply(params, batch, deterministic=True)
-    m = per_task_metrics(logits, batch, fm.num_tasks)
-    return {
-        "loss_sum": m["loss"] * m["tokens"],
-        "correct": m["accuracy"] * m["tokens"],
-        "seq_right": m["seq_accuracy"] * m["examples"],
-        "tokens": m["tokens"],
-        "examples": m["examples"],
-    }
+    return _sums(per_task_metrics(logits, batch, fm.num_tasks))
 
   return eval_step
+
+
+def _sums(m: dict) -> dict:
+  """Per-task sums [T] of ``per_task_metrics`` (added over batches, divided once)."""
+  return {
+      "loss_sum": m["loss"] * m["tokens"],
+      "correct": m["accuracy"] * m["tokens"],
+      "seq_right": m["seq_accuracy"] * m["examples"],
+      "tokens": m["tokens"],
+      "examples": m["examples"],
+  }
+
+
+def make_predict_step(fm: FunctionalModel) -> Callable[[Any, dict], dict]:
+  """Builds ``predict_step(params, batch) -> per-example outputs`` (deterministic).
+
+  Returns ``correct`` float32 [B] (the class, or every answer token, right), ``loss``
+  float32 [B] (``objective.example_losses``), ``pred`` int32 [B] (the argmax class;
+  -1 for next-token tasks) and ``valid`` float32 [B] (0 on padding rows): what a paired
+  test between two runs on the same test examples needs; and ``sums``, the eval step's
+  per-task sums of the same forward pass.
+  """
+
+  def predict_step(params, batch):
+    logits, _ = fm.apply(params, batch, deterministic=True)
+    valid = example_weights(batch)
+    if is_classification(batch):
+      pred = jnp.argmax(logits, -1).astype(jnp.int32)  # [B]
+      correct = (pred == batch["label"]).astype(jnp.float32)
+    else:
+      mask = batch["mask"].astype(jnp.float32)  # [B, L]
+      right = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32) * mask
+      correct = (right.sum(-1) == mask.sum(-1)).astype(jnp.float32)
+      pred = jnp.full(correct.shape, -1, jnp.int32)
+    return {"correct": correct * valid, "loss": example_losses(logits, batch), "pred": pred,
+            "valid": valid, "sums": _sums(per_task_metrics(logits, batch, fm.num_tasks))}
+
+  return predict_step
 
 
 def _present(batch: dict, num_tasks: int) -> jax.Array:
